@@ -1,0 +1,65 @@
+"""Micro-batching: a batch closes when it holds ``max_events`` events or ``max_wait_ms`` after its first one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class MicroBatcher(Generic[T]):
+    """Builds bounded batches from ``fetch(max_count, timeout_s)``, which returns at most ``max_count`` items.
+
+    The batch under construction is ``pending``, so that a rebalance callback fired inside ``fetch`` can
+    take out the messages of partitions this process no longer owns.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[int, float], list[T]],
+        max_events: int,
+        max_wait_ms: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_events < 1:
+            raise ValueError(f"max_events must be positive, got {max_events}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must not be negative, got {max_wait_ms}")
+        self._fetch = fetch
+        self.max_events = max_events
+        self.max_wait_s = max_wait_ms / 1000.0
+        self._clock = clock
+        self.pending: list[T] = []
+
+    def next_batch(self, idle_timeout_s: float, limit: int | None = None) -> list[T]:
+        """Wait up to ``idle_timeout_s`` for a first event, then fill the batch; [] when nothing came."""
+        bound = self.max_events if limit is None else min(self.max_events, limit)
+        if bound < 1:
+            return []
+        self.pending = []
+        self.pending.extend(self._take(bound, idle_timeout_s))
+        if self.pending:
+            deadline = self._clock() + self.max_wait_s
+            while len(self.pending) < bound:
+                left = deadline - self._clock()
+                if left <= 0:
+                    break
+                self.pending.extend(self._take(bound - len(self.pending), left))
+        batch, self.pending = self.pending, []
+        if len(batch) > bound:  # a fetch that broke its contract must not break ours
+            raise AssertionError(f"batch of {len(batch)} exceeds its bound {bound}")
+        return batch
+
+    def _take(self, count: int, timeout_s: float) -> list[T]:
+        items = self._fetch(count, timeout_s)
+        if len(items) > count:
+            raise AssertionError(f"fetch returned {len(items)} items for a request of {count}")
+        return items
+
+    def discard(self, drop: Callable[[T], bool]) -> int:
+        """Remove pending items for which ``drop`` is true (in place); returns how many were removed."""
+        before = len(self.pending)
+        self.pending[:] = [item for item in self.pending if not drop(item)]
+        return before - len(self.pending)

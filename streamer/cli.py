@@ -1,0 +1,242 @@
+"""``streamer``: the command line. Each subcommand parses its flags and calls one function elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streamer.errors import StreamerError
+
+
+def _csv_list(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    if value is None:
+        return
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+# CLI flag -> settings key; flags override the environment and the TOML file.
+_RUN_FLAGS = {
+    "bootstrap": "kafka.bootstrap_servers",
+    "group": "kafka.group_id",
+    "input_topic": "kafka.input_topics",
+    "alert_topic": "kafka.alert_topic",
+    "dead_letter_topic": "kafka.dead_letter_topic",
+    "model": "model.path",
+    "device": "model.device",
+    "reload_interval": "model.reload_interval_s",
+    "key_field": "events.key_field",
+    "time_field": "events.time_field",
+    "q": "threshold.q",
+    "window": "threshold.window",
+    "update_on_alert": "threshold.update_on_alert",
+    "batch_size": "batch.max_events",
+    "max_wait_ms": "batch.max_wait_ms",
+    "log_level": "log.level",
+    "log_format": "log.format",
+}
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML settings file (see README)")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT]")
+    p.add_argument("--group", help="consumer group id")
+    p.add_argument("--input-topic", action="append", help="input topic (repeatable)")
+    p.add_argument("--alert-topic")
+    p.add_argument("--dead-letter-topic")
+    p.add_argument("--model", type=Path, help="checkpoint path (watched for new versions)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--reload-interval", type=float, help="seconds between checkpoint checks; 0 = off"
+    )
+    p.add_argument("--key-field", help="event field holding the entity key (alert key)")
+    p.add_argument("--time-field", help="event field holding the event time")
+    p.add_argument("--q", type=float, help="threshold quantile, default 0.995")
+    p.add_argument("--window", type=int, help="rolling window of the quantile estimate (events)")
+    p.add_argument(
+        "--update-on-alert",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let alerting scores update the threshold estimate",
+    )
+    p.add_argument("--batch-size", type=int, help="max events per micro-batch")
+    p.add_argument("--max-wait-ms", type=int, help="max wait after a batch's first event")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", choices=["auto", "json", "console"])
+
+
+def _settings_from(args: argparse.Namespace) -> Any:
+    from streamer.config import load_settings
+
+    overrides: dict[str, Any] = {}
+    for flag, key in _RUN_FLAGS.items():
+        _set(overrides, key, getattr(args, flag, None))
+    return load_settings(getattr(args, "config", None), overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from models import load_checkpoint
+    from streamer.broker import create_topics
+    from streamer.logs import configure_logging
+    from streamer.runner import Detector, stop_on_signals
+
+    settings = _settings_from(args)
+    configure_logging(settings.log.level, settings.log.format)
+    device = settings.model.device
+    scorer = load_checkpoint(settings.model.path, device=device)
+    if args.create_topics:
+        kafka = settings.kafka
+        create_topics(
+            kafka.common_config(), [*kafka.input_topics, kafka.alert_topic, kafka.dead_letter_topic]
+        )
+    detector = Detector(
+        settings, scorer, load_scorer=lambda path: load_checkpoint(path, device=device)
+    )
+    with stop_on_signals(detector):
+        detector.run(max_events=args.max_events, idle_exit_s=args.idle_exit)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from streamer.training import train_command
+
+    return train_command(args)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from streamer.simulate import SimConfig, generate, produce
+
+    config = SimConfig(
+        seed=args.seed,
+        anomaly_rate=args.anomaly_rate,
+        malformed_rate=args.malformed_rate,
+        entities=args.entities,
+    )
+    report = produce(
+        args.bootstrap,
+        args.topic,
+        generate(args.events, config),
+        rate=args.rate,
+        labels_out=args.labels_out,
+    )
+    print(
+        orjson.dumps(
+            {
+                "events": report.count,
+                "end_offsets": report.end_offsets,
+                "elapsed_s": round(report.elapsed_s, 3),
+            },
+            option=orjson.OPT_NON_STR_KEYS,
+        ).decode()
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamer.demo import DemoConfig, print_summary, run_demo
+
+    summary = run_demo(DemoConfig(events=args.events, seed=args.seed, progress=not args.json))
+    if args.json:
+        print(orjson.dumps(summary).decode())
+    else:
+        print_summary(summary)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from streamer.alerts import json_schemas
+
+    print(orjson.dumps(json_schemas(), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamer", description="Streaming anomaly detection with autoencoders"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="consume events, score them, publish alerts")
+    _add_run_flags(p)
+    p.add_argument("--max-events", type=int, help="stop after N events are processed and committed")
+    p.add_argument("--idle-exit", type=float, help="stop after S seconds without input")
+    p.add_argument("--create-topics", action="store_true", help="create missing topics at start")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="train an autoencoder on normal data")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="CSV, JSONL or .npz (array 'train') of normal data")
+    src.add_argument("--from-topic", help="read training events from this Kafka topic")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (with --from-topic)")
+    p.add_argument(
+        "--max-events", type=int, default=100_000, help="events to read with --from-topic"
+    )
+    p.add_argument(
+        "--features", type=_csv_list, help="feature names (default: all numeric columns)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="checkpoint path (.safetensors)")
+    p.add_argument("--model", choices=["dense", "conv", "vae"], default="dense")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", type=int, default=32, help="conv window length")
+    p.add_argument("--latent-dim", type=int)
+    p.add_argument("--entity-column", help="column/field holding the entity key (conv windows)")
+    p.add_argument("--name", help="model name carried in alerts")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("simulate", help="produce a labelled multi-sensor stream")
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--events", type=int, required=True)
+    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    p.add_argument("--anomaly-rate", type=float, default=0.01)
+    p.add_argument("--malformed-rate", type=float, default=0.0)
+    p.add_argument("--entities", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--labels-out", type=Path, help="JSONL of topic/partition/offset/label per event"
+    )
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("demo", help="the whole product end to end on an embedded broker")
+    p.add_argument("--events", type=int, default=30_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("schema", help="print the JSON schemas of alerts and dead letters")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (StreamerError, ValueError) as exc:
+        print(f"streamer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""The one settings model: defaults < TOML file (``--config``) < environment (``STREAMER_``) < CLI flags.
+
+Nested keys use ``__`` in the environment (``STREAMER_KAFKA__BOOTSTRAP_SERVERS``). Unknown keys and invalid
+values fail at start-up with a message naming the key. Secrets are ``SecretStr`` and are revealed only when
+the librdkafka configuration is built, never in logs, reprs or errors.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from streamer.errors import ConfigError
+
+# librdkafka keys that this module owns; passing them through `extra` would silently break guarantees.
+_RESERVED_KEYS = frozenset(
+    {"enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers"}
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    """Where to read events and write alerts, and how to talk to the brokers."""
+
+    bootstrap_servers: str = "localhost:9092"
+    group_id: str = "ae-streamer"
+    input_topics: list[str] = Field(default_factory=lambda: ["events"], min_length=1)
+    alert_topic: str = "alerts"
+    dead_letter_topic: str = "dead-letters"
+    session_timeout_ms: int = Field(default=10_000, ge=1_000, le=3_600_000)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    # Any other librdkafka property, e.g. {"ssl.key.password": "..."}; values are secret by default.
+    extra: dict[str, SecretStr] = Field(default_factory=dict)
+
+    @field_validator("extra")
+    @classmethod
+    def _no_reserved(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        clash = sorted(_RESERVED_KEYS & value.keys())
+        if clash:
+            raise ValueError(
+                f"librdkafka keys {clash} are set by ae-streamer itself and cannot be overridden"
+            )
+        return value
+
+    def common_config(self) -> dict[str, Any]:
+        """librdkafka properties shared by consumer, producer and admin client (secrets revealed here only)."""
+        # Brokers close idle connections (connections.max.idle.ms); a reconnect is not worth a log line.
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "log.connection.close": False}
+        optional = {
+            "security.protocol": self.security_protocol,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_ca_location,
+        }
+        conf.update({k: v for k, v in optional.items() if v is not None})
+        conf.update({k: v.get_secret_value() for k, v in self.extra.items()})
+        return conf
+
+    def consumer_config(self) -> dict[str, Any]:
+        """At-least-once consumer: offsets are committed explicitly after the batch's output is acknowledged."""
+        return {
+            **self.common_config(),
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": self.auto_offset_reset,
+            "session.timeout.ms": self.session_timeout_ms,
+            "partition.assignment.strategy": "cooperative-sticky",
+        }
+
+    def producer_config(self) -> dict[str, Any]:
+        """Idempotent producer: retries never duplicate or reorder an alert within a partition."""
+        return {
+            **self.common_config(),
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "compression.type": "lz4",
+        }
+
+
+class BatchSettings(_Section):
+    """A micro-batch closes at ``max_events`` events or ``max_wait_ms`` after its first event."""
+
+    max_events: int = Field(default=5_000, ge=1, le=1_000_000)
+    max_wait_ms: int = Field(default=50, ge=0, le=60_000)
+
+
+class ThresholdSettings(_Section):
+    """The adaptive threshold: an online estimate of the q-quantile of recent scores."""
+
+    q: float = Field(default=0.995, gt=0.0, lt=1.0)
+    window: int | None = Field(
+        default=None, ge=10, description="RollingQuantile window; None = all history"
+    )
+    update_on_alert: bool = False
+
+
+class ModelSettings(_Section):
+    """Which checkpoint scores events, where it runs, and how often a new version is looked for."""
+
+    path: Path = Path("model.safetensors")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    reload_interval_s: float = Field(default=5.0, ge=0.0, description="0 disables hot reload")
+
+
+class EventSettings(_Section):
+    """How events are read: optional key and time fields, and the bounds on what is read and echoed."""
+
+    key_field: str | None = None
+    time_field: str | None = None
+    max_message_bytes: int = Field(default=1_048_576, ge=64, le=64 * 1_048_576)
+    max_original_bytes: int = Field(default=4_096, ge=0, le=1_048_576)
+    top_features: int = Field(default=3, ge=1, le=64)
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    """Every setting of ``streamer run``; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Init kwargs carry CLI flags merged over the TOML file (see load_settings); env sits between.
+        return (init_settings, env_settings)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per error naming the dotted key; input values are left out so secrets never leak."""
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {key}: {err['msg']}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build the settings: defaults < TOML file < ``STREAMER_*`` environment < ``overrides`` (CLI flags).
+
+    Environment values win over the TOML file, so the file is applied as the lowest-priority source by
+    validating it first without the environment's help, then layering env and CLI on top.
+    """
+    file_data = _read_toml(config_file) if config_file else {}
+    cli = overrides or {}
+    # pydantic-settings ignores unknown top-level variables; a typo must not pass silently.
+    prefix = Settings.model_config["env_prefix"]
+    unknown = sorted(
+        name
+        for name in os.environ
+        if name.upper().startswith(prefix)
+        and name[len(prefix) :].split("__")[0].lower() not in Settings.model_fields
+    )
+    if unknown:
+        raise ConfigError(
+            f"invalid configuration:\n  unknown environment variable(s): {', '.join(unknown)}"
+        )
+    try:
+        env_only = _EnvOnly()
+        env_data = env_only.model_dump(exclude_unset=True)
+        merged = _deep_merge(_deep_merge(file_data, env_data), cli)
+        return _NoEnv(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+class _EnvOnly(Settings):
+    """Reads only the environment, with nothing required, to learn which keys it sets."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings,)
+
+
+class _NoEnv(Settings):
+    """Validates already-merged data; the environment has been applied by load_settings."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)

@@ -1,0 +1,53 @@
+"""Small Kafka helpers shared by commands that read or write a topic outside the detector loop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from streamer.errors import BrokerError
+
+
+def read_topic(
+    client_config: dict[str, Any],
+    topic: str,
+    max_events: int,
+    idle_s: float = 3.0,
+    max_message_bytes: int = 1_048_576,
+) -> Iterator[bytes | None]:
+    """Read a topic from its beginning, without a consumer group or commits, until ``max_events`` values
+    are read or nothing arrives for ``idle_s`` (watermarks are not trusted: some brokers report them late).
+    Values over ``max_message_bytes`` are yielded as None (the caller counts them as unusable)."""
+    consumer = Consumer(
+        {
+            **client_config,
+            "group.id": "ae-streamer-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        info = meta.topics.get(topic)
+        if info is None or info.error is not None:
+            raise BrokerError(
+                f"topic {topic!r} is not available: {info.error if info else 'unknown'}"
+            )
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in info.partitions])
+        n = 0
+        last = time.monotonic()
+        while n < max_events and time.monotonic() - last < idle_s:
+            for m in consumer.consume(num_messages=min(10_000, max_events - n), timeout=0.5):
+                if m.error() is not None:
+                    if m.error().fatal():
+                        raise KafkaException(m.error())
+                    continue
+                last = time.monotonic()
+                value = m.value()
+                n += 1
+                yield value if value is None or len(value) <= max_message_bytes else None
+    finally:
+        consumer.close()

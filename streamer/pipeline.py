@@ -1,0 +1,301 @@
+"""The pipeline core: decode -> features -> score -> threshold -> alerts, one micro-batch at a time.
+
+It knows nothing of where messages come from: Kafka in production, an in-memory list in evaluation and
+tests. Every message of a batch ends in exactly one of two places: scored (alerted or not) or dead-lettered
+with a reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from streamer.alerts import (
+    Alert,
+    FeatureContribution,
+    ModelRef,
+    Source,
+    dead_letter,
+    decode_key,
+    to_json,
+)
+from streamer.config import EventSettings, ThresholdSettings
+from streamer.decode import DecodedBatch, Decoder
+from streamer.features import EntityWindows
+from streamer.threshold import QuantileThreshold
+
+
+class ScorerLike(Protocol):
+    """What the pipeline needs of a model (``models.Scorer`` is the real one)."""
+
+    kind: str
+    name: str
+    version: str
+    features: tuple[str, ...]
+    window: int
+    train_scores: np.ndarray
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One input message, whatever its source."""
+
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """The outcome of one batch; score arrays have one entry per valid (scored) message."""
+
+    n_messages: int
+    valid: np.ndarray  # (V,) indices of scored messages in the batch
+    scores: np.ndarray  # (V,) float64
+    thresholds: np.ndarray  # (V,) threshold each score was compared with
+    alert_mask: np.ndarray  # (V,) bool
+    alerts: list[tuple[bytes | None, bytes]]  # (Kafka key, alert JSON)
+    dead_letters: list[tuple[bytes | None, bytes]]  # (Kafka key, dead-letter JSON)
+    dead_index: list[int] = field(default_factory=list)  # batch index of each dead letter
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Pipeline:
+    """Scores micro-batches with one model and an adaptive threshold; swaps models between batches."""
+
+    def __init__(
+        self,
+        scorer: ScorerLike,
+        threshold: ThresholdSettings,
+        events: EventSettings,
+        *,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.threshold_settings = threshold
+        self.events = events
+        self._now = now
+        self._windows: EntityWindows | None = None
+        self.scorer = scorer
+        self.threshold = self._new_threshold(scorer)
+        self.decoder = Decoder(scorer.features, events.max_message_bytes)
+        self._windows = self._new_windows(scorer)
+
+    def swap_model(self, scorer: ScorerLike) -> None:
+        """Switch to a new model between batches; the threshold restarts from its score distribution.
+
+        Entity windows hold raw values, so they carry over when features and window length are unchanged.
+        """
+        same_inputs = (
+            scorer.features == self.scorer.features and scorer.window == self.scorer.window
+        )
+        self.scorer = scorer
+        self.threshold = self._new_threshold(scorer)
+        self.decoder = Decoder(scorer.features, self.events.max_message_bytes)
+        if not same_inputs:
+            self._windows = self._new_windows(scorer)
+
+    def _new_threshold(self, scorer: ScorerLike) -> QuantileThreshold:
+        t = self.threshold_settings
+        return QuantileThreshold(
+            t.q,
+            window=t.window,
+            update_on_alert=t.update_on_alert,
+            initial_scores=scorer.train_scores,
+        )
+
+    @staticmethod
+    def _new_windows(scorer: ScorerLike) -> EntityWindows | None:
+        return EntityWindows(scorer.window, len(scorer.features)) if scorer.window > 1 else None
+
+    def process_messages(self, messages: Sequence[Message]) -> BatchResult:
+        """Process an in-memory batch (evaluation, tests)."""
+        return self.process([m.value for m in messages], messages.__getitem__)
+
+    def process(
+        self, values: Sequence[bytes | None], origin: Callable[[int], Message]
+    ) -> BatchResult:
+        """Process one batch: ``values`` are the message bytes, ``origin(i)`` describes message ``i``.
+
+        ``origin`` is called only for the few messages that become alerts or dead letters (and, for
+        windowed models, to learn each event's entity), so no per-message object is built on the hot path.
+        """
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        decoded = self.decoder.decode(values)
+        t1 = time.perf_counter()
+        timings["decode"] = t1 - t0
+
+        x = decoded.x
+        if self._windows is not None and len(x):
+            x = self._windows.windows(x, self._entities(origin, decoded))
+        t2 = time.perf_counter()
+        timings["features"] = t2 - t1
+
+        if len(x):
+            scores, per_feature = self.scorer.score(x)
+        else:
+            scores = np.empty(0, dtype=np.float64)
+            per_feature = np.empty((0, len(self.scorer.features)), dtype=np.float32)
+        t3 = time.perf_counter()
+        timings["score"] = t3 - t2
+
+        rejected = list(decoded.rejected)
+        finite = np.isfinite(scores)
+        if not finite.all():  # a model that overflows on an input must not poison the threshold
+            bad = np.flatnonzero(~finite)
+            rejected.extend((int(decoded.valid[j]), "anomaly score is not finite") for j in bad)
+            rejected.sort()
+            keep = np.flatnonzero(finite)
+            decoded = DecodedBatch(
+                x=decoded.x[keep],
+                valid=decoded.valid[keep],
+                objects=[decoded.objects[j] for j in keep],
+                rejected=rejected,
+            )
+            scores, per_feature = scores[keep], per_feature[keep]
+        thresholds, alert_mask = self.threshold.decide(scores)
+        t4 = time.perf_counter()
+        timings["threshold"] = t4 - t3
+
+        alerts = self._build_alerts(origin, decoded, scores, per_feature, thresholds, alert_mask)
+        dead = self._build_dead_letters(origin, rejected)
+        timings["alerts"] = time.perf_counter() - t4
+        return BatchResult(
+            n_messages=len(values),
+            valid=decoded.valid,
+            scores=scores,
+            thresholds=thresholds,
+            alert_mask=alert_mask,
+            alerts=alerts,
+            dead_letters=dead,
+            dead_index=[i for i, _ in rejected],
+            timings=timings,
+        )
+
+    def _entity(
+        self, origin: Callable[[int], Message], index: int, obj: dict[str, Any]
+    ) -> Hashable:
+        """The event's entity: its key field when configured and present, else the Kafka message key."""
+        field_name = self.events.key_field
+        if field_name is not None:
+            value = obj.get(field_name)
+            if value is not None:
+                return value if type(value) in (str, int) else str(value)
+        return origin(index).key
+
+    def _entities(self, origin: Callable[[int], Message], decoded: DecodedBatch) -> list[Hashable]:
+        return [
+            self._entity(origin, i, obj)
+            for i, obj in zip(decoded.valid.tolist(), decoded.objects, strict=True)
+        ]
+
+    def _build_alerts(
+        self,
+        origin: Callable[[int], Message],
+        decoded: DecodedBatch,
+        scores: np.ndarray,
+        per_feature: np.ndarray,
+        thresholds: np.ndarray,
+        alert_mask: np.ndarray,
+    ) -> list[tuple[bytes | None, bytes]]:
+        rows = np.flatnonzero(alert_mask)
+        if not len(rows):
+            return []
+        scorer, events = self.scorer, self.events
+        features = scorer.features
+        model = ModelRef(name=scorer.name, version=scorer.version, kind=scorer.kind)  # type: ignore[arg-type]
+        errors = per_feature[rows].astype(np.float64)  # (A, F)
+        totals = errors.sum(axis=1, keepdims=True)
+        shares = np.divide(errors, totals, out=np.zeros_like(errors), where=totals > 0)
+        k = min(events.top_features, len(features))
+        top = np.argsort(-errors, axis=1, kind="stable")[:, :k]  # (A, k)
+        now = self._now()
+        out: list[tuple[bytes | None, bytes]] = []
+        for a, j in enumerate(rows.tolist()):
+            index = int(decoded.valid[j])
+            msg = origin(index)
+            obj = decoded.objects[j]
+            entity = self._entity(origin, index, obj)
+            key = entity if isinstance(entity, str) or entity is None else str(entity)
+            key_str = decode_key(key) if isinstance(key, bytes) else key
+            contributions = [
+                FeatureContribution(
+                    feature=features[f],
+                    value=float(decoded.x[j, f]),
+                    error=float(errors[a, f]),
+                    share=min(1.0, float(shares[a, f])),
+                )
+                for f in top[a].tolist()
+            ]
+            raw = msg.value or b""
+            small = len(raw) <= events.max_original_bytes
+            alert = Alert(
+                alert_id=f"{msg.topic}:{msg.partition}:{msg.offset}",
+                key=key_str,
+                event_time=self._event_time(obj),
+                source=Source(
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    timestamp_ms=msg.timestamp_ms,
+                ),
+                score=float(scores[j]),
+                threshold=float(thresholds[j]),
+                q=self.threshold.q,
+                model=model,
+                top_features=contributions,
+                detected_at=now,
+                event=obj if small else None,
+                event_truncated=None
+                if small
+                else raw[: events.max_original_bytes].decode("utf-8", "replace"),
+            )
+            out.append((key_str.encode() if key_str is not None else None, to_json(alert)))
+        return out
+
+    def _event_time(self, obj: dict[str, Any]) -> str | float | int | None:
+        if self.events.time_field is None:
+            return None
+        value = obj.get(self.events.time_field)
+        if value is None or isinstance(value, str | int | float):
+            return value
+        return str(value)
+
+    def _build_dead_letters(
+        self, origin: Callable[[int], Message], rejected: list[tuple[int, str]]
+    ) -> list[tuple[bytes | None, bytes]]:
+        if not rejected:
+            return []
+        now = self._now()
+        out = []
+        for i, reason in rejected:
+            msg = origin(i)
+            source = Source(
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                timestamp_ms=msg.timestamp_ms,
+            )
+            out.append(
+                (
+                    msg.key,
+                    dead_letter(
+                        reason, source, msg.key, msg.value, self.events.max_original_bytes, now
+                    ),
+                )
+            )
+        return out

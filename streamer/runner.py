@@ -1,0 +1,347 @@
+"""``streamer run``: the consume -> score -> alert -> commit loop against Kafka, at least once.
+
+The commit procedure, per micro-batch:
+
+1. Process the batch through the pipeline core: every message becomes a score (and maybe an alert) or a
+   dead letter with its reason.
+2. Produce every alert to the alert topic and every dead letter to the dead-letter topic.
+3. Flush the producer: wait until the broker has acknowledged each of them. A delivery error stops the
+   service *before* step 4, so the batch is read and scored again after a restart (nothing is lost).
+4. Store the batch's next offsets and commit them asynchronously; offsets are also committed
+   synchronously when partitions are revoked and on shutdown.
+
+Messages fetched but not yet processed when their partition is revoked are dropped from the batch under
+construction: their offsets were never committed, so the partition's new owner reads them again.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka import Message as KafkaMessage
+
+from streamer.batching import MicroBatcher
+from streamer.config import Settings
+from streamer.errors import DeliveryError, StreamerError
+from streamer.pipeline import Message, Pipeline, ScorerLike
+from streamer.reload import ModelWatcher
+
+log = structlog.get_logger(__name__)
+
+_POLL_S = 0.5  # longest a loop turn waits for input, so stop requests are served promptly
+
+
+@dataclass
+class RunStats:
+    events: int = 0
+    scored: int = 0
+    alerts: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    model_swaps: int = 0
+    elapsed_s: float = 0.0
+    active_s: float = 0.0  # from the first batch's arrival to the last batch's commit
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+    def add_stage(self, name: str, seconds: float) -> None:
+        self.stage_s[name] = self.stage_s.get(name, 0.0) + seconds
+
+
+class OffsetTracker:
+    """The next offset to commit per partition; raises when an offset goes backwards."""
+
+    def __init__(self) -> None:
+        self._next: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}
+
+    def advance(self, topic: str, partition: int, next_offset: int) -> None:
+        tp = (topic, partition)
+        last = self._next.get(tp)
+        if last is not None and next_offset < last:
+            raise StreamerError(
+                f"offset went backwards on {topic}[{partition}]: {next_offset} < {last}"
+            )
+        self._next[tp] = next_offset
+
+    def uncommitted(self, only: set[tuple[str, int]] | None = None) -> list[TopicPartition]:
+        return [
+            TopicPartition(t, p, o)
+            for (t, p), o in self._next.items()
+            if self._committed.get((t, p)) != o and (only is None or (t, p) in only)
+        ]
+
+    def mark_committed(self, offsets: list[TopicPartition]) -> None:
+        for tp in offsets:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+
+    def forget(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._next.pop((tp.topic, tp.partition), None)
+            self._committed.pop((tp.topic, tp.partition), None)
+
+
+def to_message(m: KafkaMessage) -> Message:
+    ts_type, ts = m.timestamp()
+    return Message(
+        value=m.value(),
+        key=m.key(),
+        topic=m.topic(),
+        partition=m.partition(),
+        offset=m.offset(),
+        timestamp_ms=None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
+    )
+
+
+class Detector:
+    """The long-running service: one consumer, one producer, one pipeline."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        scorer: ScorerLike,
+        load_scorer: Callable[[Any], ScorerLike] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = Pipeline(scorer, settings.threshold, settings.events)
+        self.watcher: ModelWatcher[ScorerLike] | None = (
+            ModelWatcher(
+                settings.model.path, load_scorer, scorer.version, settings.model.reload_interval_s
+            )
+            if load_scorer is not None
+            else None
+        )
+        self.offsets = OffsetTracker()
+        self.stats = RunStats()
+        self._stop = threading.Event()
+        self._delivery_errors: list[str] = []
+        kafka = settings.kafka
+        self.consumer = Consumer({**kafka.consumer_config(), "on_commit": self._on_commit})
+        self.producer = Producer(kafka.producer_config())
+        self.batcher: MicroBatcher[KafkaMessage] = MicroBatcher(
+            self._fetch, settings.batch.max_events, settings.batch.max_wait_ms
+        )
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch, commit and close (safe from signal handlers)."""
+        self._stop.set()
+
+    # -- Kafka callbacks -------------------------------------------------------------------------
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if (
+            err is not None
+        ):  # the next commit or the next owner covers it: at-least-once still holds
+            log.warning("commit_failed", error=str(err))
+            return
+        self.offsets.mark_committed([p for p in partitions if p.error is None])
+
+    def _on_delivery(self, err: KafkaError | None, msg: KafkaMessage) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err}")
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info(
+            "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions]
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(p.topic, p.partition) for p in partitions}
+        dropped = self.batcher.discard(lambda m: (m.topic(), m.partition()) in revoked)
+        self._commit(self.offsets.uncommitted(revoked), asynchronous=False)
+        self.offsets.forget(partitions)
+        log.info(
+            "partitions_revoked",
+            partitions=[f"{p.topic}[{p.partition}]" for p in partitions],
+            unprocessed_dropped=dropped,
+        )
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = {(p.topic, p.partition) for p in partitions}
+        dropped = self.batcher.discard(lambda m: (m.topic(), m.partition()) in lost)
+        self.offsets.forget(partitions)
+        log.warning("partitions_lost", partitions=sorted(lost), unprocessed_dropped=dropped)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _fetch(self, count: int, timeout_s: float) -> list[KafkaMessage]:
+        messages = self.consumer.consume(num_messages=count, timeout=timeout_s)
+        if not any(m.error() for m in messages):
+            return messages
+        good = []
+        for m in messages:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.fatal():
+                raise KafkaException(err)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer_error", error=str(err))
+        return good
+
+    def run(self, max_events: int | None = None, idle_exit_s: float | None = None) -> RunStats:
+        """Consume until stopped (signal, ``max_events`` processed and committed, or ``idle_exit_s`` idle)."""
+        kafka = self.settings.kafka
+        self.consumer.subscribe(
+            kafka.input_topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        start = last_input = time.monotonic()
+        first_input: float | None = None
+        failed = False
+        try:
+            while not self._stop.is_set():
+                limit = None if max_events is None else max_events - self.stats.events
+                if limit is not None and limit <= 0:
+                    break
+                batch = self.batcher.next_batch(_POLL_S, limit)
+                self.producer.poll(0)
+                if batch:
+                    last_input = time.monotonic()
+                    if first_input is None:
+                        first_input = last_input
+                    self._process(batch)
+                    self.stats.active_s = time.monotonic() - first_input
+                elif idle_exit_s is not None and time.monotonic() - last_input >= idle_exit_s:
+                    log.info("idle_exit", idle_s=round(time.monotonic() - last_input, 3))
+                    break
+                self._maybe_swap_model()
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            self.stats.elapsed_s = time.monotonic() - start
+            self._shutdown(failed)
+        return self.stats
+
+    def _process(self, batch: list[KafkaMessage]) -> None:
+        t0 = time.perf_counter()
+        result = self.pipeline.process([m.value() for m in batch], lambda i: to_message(batch[i]))
+        t1 = time.perf_counter()
+        settings = self.settings.kafka
+        for key, value in result.alerts:
+            self._produce(settings.alert_topic, key, value)
+        for key, value in result.dead_letters:
+            self._produce(settings.dead_letter_topic, key, value)
+        if result.alerts or result.dead_letters:
+            remaining = self.producer.flush(30.0)
+            if remaining:
+                raise DeliveryError(f"{remaining} alerts/dead letters not acknowledged within 30 s")
+        if self._delivery_errors:
+            raise DeliveryError("delivery failed: " + "; ".join(self._delivery_errors[:5]))
+        t2 = time.perf_counter()
+        next_offsets: dict[tuple[str, int], int] = {}
+        for m in batch:
+            next_offsets[(m.topic(), m.partition())] = (
+                m.offset() + 1
+            )  # messages arrive in order per partition
+        for (topic, partition), offset in next_offsets.items():
+            self.offsets.advance(topic, partition, offset)
+        self._commit(self.offsets.uncommitted(), asynchronous=True)
+        t3 = time.perf_counter()
+
+        n_alerts, n_dead = len(result.alerts), len(result.dead_letters)
+        stats = self.stats
+        stats.batches += 1
+        stats.events += len(batch)
+        stats.scored += len(result.scores)
+        stats.alerts += n_alerts
+        stats.dead_lettered += n_dead
+        for name, seconds in result.timings.items():
+            stats.add_stage(name, seconds)
+        stats.add_stage("produce", t2 - t1)
+        stats.add_stage("commit", t3 - t2)
+        log.info(
+            "batch",
+            events=len(batch),
+            scored=len(result.scores),
+            alerts=n_alerts,
+            dead_lettered=n_dead,
+            offsets={f"{t}[{p}]": o for (t, p), o in next_offsets.items()},
+            threshold=round(self.pipeline.threshold.get(), 6),
+            model_version=self.pipeline.scorer.version,
+            ms={
+                k: round(v * 1000, 3)
+                for k, v in {**result.timings, "produce": t2 - t1, "commit": t3 - t2}.items()
+            },
+            total_ms=round((t3 - t0) * 1000, 3),
+        )
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                return
+            except BufferError:  # local queue full: serve delivery reports, then retry
+                self.producer.poll(0.1)
+
+    def _commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        if not offsets:
+            return
+        try:
+            done = self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        except KafkaException as exc:
+            # No assignment any more, or a rebalance is under way: the next owner re-reads from the last
+            # committed offset, so this costs duplicates, never loss.
+            log.warning(
+                "commit_failed",
+                error=str(exc),
+                offsets=[f"{o.topic}[{o.partition}]@{o.offset}" for o in offsets],
+            )
+            return
+        if done:  # synchronous: the broker's answer; asynchronous commits are marked in _on_commit
+            self.offsets.mark_committed([p for p in done if p.error is None])
+
+    def _maybe_swap_model(self) -> None:
+        if self.watcher is None:
+            return
+        scorer = self.watcher.poll()
+        if scorer is not None:
+            self.pipeline.swap_model(scorer)
+            self.stats.model_swaps += 1
+
+    def _shutdown(self, failed: bool) -> None:
+        """Flush, commit what was processed and acknowledged, close. After a failure, commit nothing new."""
+        try:
+            self.producer.flush(10.0)
+            if not failed:
+                self._commit(self.offsets.uncommitted(), asynchronous=False)
+        finally:
+            self.consumer.close()  # leaves the group; the revoke callback commits synchronously
+        log.info(
+            "stopped",
+            events=self.stats.events,
+            alerts=self.stats.alerts,
+            dead_lettered=self.stats.dead_lettered,
+            elapsed_s=round(self.stats.elapsed_s, 3),
+        )
+
+
+@contextmanager
+def stop_on_signals(detector: Detector) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the detector to stop cleanly: finish the batch, flush, commit, close."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: detector.stop())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,89 @@
+"""The adaptive alert threshold: an online estimate of the q-quantile of recent scores.
+
+River's ``stats.Quantile`` (P-square, all history) by default, ``stats.RollingQuantile`` when a window is
+configured. The estimate starts from the model's scores on held-back normal training data, so there is no
+blind warm-up. By default a score that raises an alert enters the estimate clipped to the threshold it
+exceeded: an attack or an outage cannot lift the bar that detects it, and yet the exceedance still counts,
+so the estimate does not sink as it would if alerts were simply left out (leaving out the top 1-q of every
+window makes a rolling quantile spiral down).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from river import stats
+
+# P-square needs a few observations before its estimate means anything.
+_MIN_OBSERVATIONS = 5
+
+
+class QuantileThreshold:
+    """Online q-quantile of scores; ``decide`` compares each score with the estimate before it.
+
+    >>> t = QuantileThreshold(q=0.9, initial_scores=np.arange(100.0))
+    >>> thresholds, alerts = t.decide(np.array([1.0, 500.0, 2.0]))
+    >>> alerts.tolist()
+    [False, True, False]
+    """
+
+    def __init__(
+        self,
+        q: float,
+        window: int | None = None,
+        update_on_alert: bool = False,
+        initial_scores: np.ndarray | None = None,
+    ) -> None:
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"q must be in (0, 1), got {q}")
+        if window is not None and window < 2:
+            raise ValueError(f"window must be at least 2, got {window}")
+        self.q = q
+        self.window = window
+        self.update_on_alert = update_on_alert
+        self._estimator: stats.Quantile | stats.RollingQuantile = (
+            stats.RollingQuantile(q, window_size=window) if window else stats.Quantile(q)
+        )
+        self.n_seen = 0
+        if initial_scores is not None and len(initial_scores):
+            seed = np.asarray(initial_scores, dtype=np.float64)
+            if window:
+                seed = seed[-window:]
+            for s in seed.tolist():
+                self._estimator.update(s)
+            self.n_seen = len(seed)
+
+    def get(self) -> float:
+        """The current threshold; +inf until enough scores have been seen."""
+        if self.n_seen < _MIN_OBSERVATIONS:
+            return float("inf")
+        value = self._estimator.get()
+        return float("inf") if value is None else float(value)
+
+    def decide(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per score in order: the threshold it was compared with, and whether it exceeded it.
+
+        Each score updates the estimate before the next is compared (unless it alerted and
+        ``update_on_alert`` is off), exactly as if the events had arrived one by one.
+        """
+        values = np.asarray(scores, dtype=np.float64).tolist()
+        thresholds = np.empty(len(values), dtype=np.float64)
+        alerts = np.zeros(len(values), dtype=bool)
+        est, update_on_alert = self._estimator, self.update_on_alert
+        n_seen = self.n_seen
+        current = self.get()
+        for i, s in enumerate(values):
+            thresholds[i] = current
+            alert = s > current
+            if alert:
+                alerts[i] = True
+                if not update_on_alert:
+                    # Enter the threshold itself, not the score: the exceedance is still counted (the
+                    # estimate does not sink as the tail is cut off), yet it cannot lift the bar.
+                    s = current
+            est.update(s)
+            n_seen += 1
+            if n_seen >= _MIN_OBSERVATIONS:
+                got = est.get()
+                current = float("inf") if got is None else got
+        self.n_seen = n_seen
+        return thresholds, alerts

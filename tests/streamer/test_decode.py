@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamer.decode import Decoder
+
+FEATURES = ("a", "b")
+
+
+def decode(values: list[bytes | None], limit: int = 1000):
+    return Decoder(FEATURES, limit).decode(values)
+
+
+def test_valid_rows_keep_order_and_values() -> None:
+    out = decode([b'{"a": 1, "b": 2.5, "other": "x"}', b'{"b": -1, "a": 0.25}'])
+    np.testing.assert_array_equal(out.x, np.array([[1.0, 2.5], [0.25, -1.0]], dtype=np.float32))
+    assert out.valid.tolist() == [0, 1]
+    assert out.rejected == []
+    assert out.objects[0]["other"] == "x"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "empty message"),
+        (b"", "empty message"),
+        (b"{not json", "invalid JSON"),
+        (b'{"a": 1, "b": \xff}', "invalid"),
+        (b"\xff\xfe\x00", "invalid"),
+        (b"[1, 2]", "not a JSON object but a JSON array"),
+        (b'"text"', "not a JSON object but a JSON string"),
+        (b'{"a": 1}', "missing feature 'b'"),
+        (b'{"a": "1.5", "b": 2}', "feature 'a' is not a number but string"),
+        (b'{"a": true, "b": 2}', "feature 'a' is not a number but boolean"),
+        (b'{"a": null, "b": 2}', "feature 'a' is not a number but null"),
+        (b'{"a": [1], "b": 2}', "feature 'a' is not a number but array"),
+        (b'{"a": NaN, "b": 2}', "invalid JSON"),
+        (b'{"a": Infinity, "b": 2}', "invalid JSON"),
+        (b'{"a": 1e400, "b": 2}', "invalid JSON"),
+        (b'{"a": 1e39, "b": 2}', "feature 'a' is not finite in float32"),
+        (b'{"a": 1, "b": 2, "pad": "' + b"x" * 2000 + b'"}', "exceeds the limit of 1000"),
+    ],
+)
+def test_each_bad_message_is_rejected_with_its_reason(value: bytes | None, reason: str) -> None:
+    out = decode([b'{"a": 1, "b": 2}', value, b'{"a": 3, "b": 4}'])
+    assert out.valid.tolist() == [0, 2]
+    assert len(out.rejected) == 1
+    index, got = out.rejected[0]
+    assert index == 1
+    assert reason in got
+
+
+def test_single_feature_rows_are_tuples() -> None:
+    out = Decoder(["a"], 100).decode([b'{"a": 3}', b'{"a": "x"}'])
+    assert out.x.shape == (1, 1)
+    assert out.rejected[0][0] == 1
+
+
+json_values = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=5),
+    st.booleans(),
+    st.none(),
+)
+
+
+@given(st.lists(st.one_of(st.dictionaries(st.sampled_from(["a", "b", "c"]), json_values), st.binary(max_size=20))))
+def test_every_message_is_either_valid_or_rejected(items: list[object]) -> None:
+    values = [orjson.dumps(i) if isinstance(i, dict) else i for i in items]
+    out = decode(values)
+    rejected = [i for i, _ in out.rejected]
+    assert sorted(out.valid.tolist() + rejected) == list(range(len(values)))
+    assert len(out.x) == len(out.valid) == len(out.objects)
+    assert np.isfinite(out.x).all()
+    for row, i in zip(out.x, out.valid, strict=True):
+        obj = orjson.loads(values[i])
+        for value, name in zip(row, FEATURES, strict=True):
+            assert type(obj[name]) in (int, float)
+            assert math.isclose(float(value), float(np.float32(obj[name])), rel_tol=0, abs_tol=0)
+
+
+def test_decoder_validates_its_arguments() -> None:
+    with pytest.raises(ValueError, match="at least one feature"):
+        Decoder([], 10)
+    with pytest.raises(ValueError, match="max_message_bytes"):
+        Decoder(["a"], 0)
