@@ -8,6 +8,8 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+_STOP_CHECK_S = 0.25  # longest a fetch waits before the stop request is looked at again
+
 
 class MicroBatcher(Generic[T]):
     """Builds bounded batches from ``fetch(max_count, timeout_s)``, which returns at most ``max_count`` items.
@@ -22,6 +24,7 @@ class MicroBatcher(Generic[T]):
         max_events: int,
         max_wait_ms: int,
         clock: Callable[[], float] = time.monotonic,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         if max_events < 1:
             raise ValueError(f"max_events must be positive, got {max_events}")
@@ -31,6 +34,7 @@ class MicroBatcher(Generic[T]):
         self.max_events = max_events
         self.max_wait_s = max_wait_ms / 1000.0
         self._clock = clock
+        self._stopping = stopping  # a stop request closes the batch at once, with what it holds
         self.pending: list[T] = []
 
     def next_batch(self, idle_timeout_s: float, limit: int | None = None) -> list[T]:
@@ -42,8 +46,8 @@ class MicroBatcher(Generic[T]):
         self.pending.extend(self._take(bound, idle_timeout_s))
         if self.pending:
             deadline = self._clock() + self.max_wait_s
-            while len(self.pending) < bound:
-                left = deadline - self._clock()
+            while len(self.pending) < bound and not self._stopping():
+                left = min(deadline - self._clock(), _STOP_CHECK_S)
                 if left <= 0:
                     break
                 self.pending.extend(self._take(bound - len(self.pending), left))

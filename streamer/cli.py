@@ -36,6 +36,7 @@ _RUN_FLAGS = {
     "input_topic": "kafka.input_topics",
     "alert_topic": "kafka.alert_topic",
     "dead_letter_topic": "kafka.dead_letter_topic",
+    "scores_topic": "kafka.scores_topic",
     "model": "model.path",
     "device": "model.device",
     "reload_interval": "model.reload_interval_s",
@@ -58,6 +59,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-topic", action="append", help="input topic (repeatable)")
     p.add_argument("--alert-topic")
     p.add_argument("--dead-letter-topic")
+    p.add_argument("--scores-topic", help="also publish every event's score here (audit)")
     p.add_argument("--model", type=Path, help="checkpoint path (watched for new versions)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument(
@@ -100,9 +102,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     scorer = load_checkpoint(settings.model.path, device=device)
     if args.create_topics:
         kafka = settings.kafka
-        create_topics(
-            kafka.common_config(), [*kafka.input_topics, kafka.alert_topic, kafka.dead_letter_topic]
-        )
+        outputs = [
+            kafka.alert_topic,
+            kafka.dead_letter_topic,
+            *([kafka.scores_topic] if kafka.scores_topic else []),
+        ]
+        create_topics(kafka.common_config(), [*kafka.input_topics, *outputs])
     detector = Detector(
         settings, scorer, load_scorer=lambda path: load_checkpoint(path, device=device)
     )

@@ -39,6 +39,8 @@ class KafkaSettings(_Section):
     input_topics: list[str] = Field(default_factory=lambda: ["events"], min_length=1)
     alert_topic: str = "alerts"
     dead_letter_topic: str = "dead-letters"
+    # Optional: one small record per scored event (offset, score, threshold, alert) for audits and dashboards.
+    scores_topic: str | None = None
     session_timeout_ms: int = Field(default=10_000, ge=1_000, le=3_600_000)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None

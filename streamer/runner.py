@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import structlog
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
@@ -38,7 +39,7 @@ from confluent_kafka import Message as KafkaMessage
 from streamer.batching import MicroBatcher
 from streamer.config import Settings
 from streamer.errors import DeliveryError, StreamerError
-from streamer.pipeline import Message, Pipeline, ScorerLike
+from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
 from streamer.reload import ModelWatcher
 
 log = structlog.get_logger(__name__)
@@ -133,7 +134,10 @@ class Detector:
         self.consumer = Consumer({**kafka.consumer_config(), "on_commit": self._on_commit})
         self.producer = Producer(kafka.producer_config())
         self.batcher: MicroBatcher[KafkaMessage] = MicroBatcher(
-            self._fetch, settings.batch.max_events, settings.batch.max_wait_ms
+            self._fetch,
+            settings.batch.max_events,
+            settings.batch.max_wait_ms,
+            stopping=self._stop.is_set,
         )
 
     def stop(self) -> None:
@@ -237,7 +241,9 @@ class Detector:
             self._produce(settings.alert_topic, key, value)
         for key, value in result.dead_letters:
             self._produce(settings.dead_letter_topic, key, value)
-        if result.alerts or result.dead_letters:
+        if settings.scores_topic is not None:
+            self._produce_scores(settings.scores_topic, batch, result)
+        if result.alerts or result.dead_letters or settings.scores_topic is not None:
             remaining = self.producer.flush(30.0)
             if remaining:
                 raise DeliveryError(f"{remaining} alerts/dead letters not acknowledged within 30 s")
@@ -280,6 +286,21 @@ class Detector:
             },
             total_ms=round((t3 - t0) * 1000, 3),
         )
+
+    def _produce_scores(self, topic: str, batch: list[KafkaMessage], result: BatchResult) -> None:
+        alerts = result.alert_mask.tolist()
+        thresholds = result.thresholds.tolist()
+        for j, (i, score) in enumerate(zip(result.valid.tolist(), result.scores.tolist(), strict=True)):
+            m = batch[i]
+            record = {
+                "topic": m.topic(),
+                "partition": m.partition(),
+                "offset": m.offset(),
+                "score": score,
+                "threshold": thresholds[j] if thresholds[j] != float("inf") else None,
+                "alert": alerts[j],
+            }
+            self._produce(topic, m.key(), orjson.dumps(record))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         while True:

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from hypothesis import HealthCheck, settings
+
+from streamer.broker import EmbeddedBroker
+from streamer.kafka_io import read_topic
 
 settings.register_profile(
     "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=60
@@ -12,3 +26,137 @@ settings.register_profile(
 settings.load_profile("ci")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """One Tansu broker for the whole session; every test uses its own topics and groups."""
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def dense_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dense autoencoder trained on the simulator's normal behaviour (shared by the broker tests)."""
+    from models import TrainConfig, train
+    from streamer.simulate import SimConfig, normal_frame
+
+    x, features, entities = normal_frame(12_000, SimConfig(seed=11))
+    out = tmp_path_factory.mktemp("ckpt") / "dense.safetensors"
+    train(
+        x,
+        features,
+        TrainConfig(kind="dense", epochs=60, seed=0, progress=False, name="test"),
+        out,
+        entities=entities,
+    )
+    return out
+
+
+class Kit:
+    """Small helpers around a running broker for integration tests."""
+
+    def __init__(self, broker: EmbeddedBroker) -> None:
+        self.broker = broker
+        self.bootstrap = broker.bootstrap
+        self.conf: dict[str, Any] = {
+            "bootstrap.servers": broker.bootstrap,
+            "log.connection.close": False,
+        }
+
+    def topics(self, prefix: str, partitions: int = 3) -> dict[str, str]:
+        n = next(_names)
+        names = {k: f"{prefix}-{k}-{n}" for k in ("in", "alerts", "dead", "scores")}
+        self.broker.create_topics([names["in"]], partitions=partitions)
+        self.broker.create_topics([names["alerts"], names["dead"], names["scores"]], partitions=1)
+        names["group"] = f"{prefix}-group-{n}"
+        return names
+
+    def read(
+        self, topic: str, expect: int | None = None, idle_s: float = 3.0
+    ) -> list[dict[str, Any]]:
+        values = read_topic(self.conf, topic, max_events=expect or 10**9, idle_s=idle_s)
+        return [orjson.loads(v) for v in values if v is not None]
+
+    def read_raw(self, topic: str, idle_s: float = 3.0) -> list[Any]:
+        """(key, value) pairs of a topic."""
+        consumer = Consumer({**self.conf, "group.id": "kit-raw", "enable.auto.commit": False})
+        try:
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+            out, last = [], time.monotonic()
+            while time.monotonic() - last < idle_s:
+                for m in consumer.consume(1000, 0.5):
+                    if m.error() is None:
+                        out.append((m.key(), m.value()))
+                        last = time.monotonic()
+            return out
+        finally:
+            consumer.close()
+
+    def committed(self, group: str, topic: str, partitions: int = 3) -> dict[int, int]:
+        consumer = Consumer({**self.conf, "group.id": group, "enable.auto.commit": False})
+        try:
+            got = consumer.committed(
+                [TopicPartition(topic, p) for p in range(partitions)], timeout=10
+            )
+            return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
+        finally:
+            consumer.close()
+
+    def run_args(self, names: dict[str, str], checkpoint: Path, *extra: str) -> list[str]:
+        return [
+            sys.executable, "-m", "streamer.cli", "run",
+            "--bootstrap", self.bootstrap,
+            "--group", names["group"],
+            "--input-topic", names["in"],
+            "--alert-topic", names["alerts"],
+            "--dead-letter-topic", names["dead"],
+            "--scores-topic", names["scores"],
+            "--model", str(checkpoint),
+            "--key-field", "sensor_id",
+            "--time-field", "ts",
+            "--log-format", "json",
+            *extra,
+        ]  # fmt: skip
+
+    @staticmethod
+    def env(**settings: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+        env["STREAMER_KAFKA__SESSION_TIMEOUT_MS"] = "6000"  # Tansu: fast group joins
+        env.update(settings)
+        return env
+
+    @staticmethod
+    def stop(
+        process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30.0
+    ) -> int:
+        """Signal a process and wait for it; kill it if it hangs (the test then fails on the exit code)."""
+        if process.poll() is None:
+            process.send_signal(sig)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return -999
+
+    @staticmethod
+    def offsets_of(records: list[dict[str, Any]], topic: str) -> set[tuple[int, int]]:
+        """(partition, offset) of score records, or of dead letters and alerts via their source."""
+        out = set()
+        for r in records:
+            src = r.get("source", r)
+            if src["topic"] == topic:
+                out.add((src["partition"], src["offset"]))
+        return out
+
+    @staticmethod
+    def all_offsets(end_offsets: dict[int, int]) -> set[tuple[int, int]]:
+        return {(p, o) for p, end in end_offsets.items() for o in range(end)}
+
+
+@pytest.fixture
+def kit(broker: EmbeddedBroker) -> Kit:
+    return Kit(broker)

@@ -1,0 +1,173 @@
+"""``streamer run`` against the embedded broker: end to end, SIGKILL and restart, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streamer.alerts import Alert, DeadLetter
+from streamer.simulate import SimConfig, generate, produce
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+# What each simulator malformation must be reported as.
+EXPECTED_REASON = {
+    "invalid_json": "invalid JSON",
+    "invalid_utf8": "invalid UTF-8",
+    "not_object": "not a JSON object",
+    "missing_feature": "missing feature",
+    "non_numeric": "is not a number but string",
+    "null_value": "is not a number but null",
+    "nan": "invalid JSON",
+    "infinity": "invalid JSON",
+    "oversize": "exceeds the limit",
+}
+
+
+def read_labels(path: Path) -> dict[tuple[int, int], dict[str, object]]:
+    return {
+        (r["partition"], r["offset"]): r for r in map(orjson.loads, path.read_bytes().splitlines())
+    }
+
+
+def test_run_scores_alerts_dead_letters_and_commits_everything(
+    kit, dense_checkpoint, tmp_path
+) -> None:
+    names = kit.topics("e2e")
+    config = SimConfig(seed=21, anomaly_rate=0.03, malformed_rate=0.02, oversize_bytes=8_192)
+    labels_path = tmp_path / "labels.jsonl"
+    report = produce(kit.bootstrap, names["in"], generate(6_000, config), labels_out=labels_path)
+    labels = read_labels(labels_path)
+
+    proc = subprocess.run(
+        kit.run_args(
+            names, dense_checkpoint, "--max-events", str(report.count), "--idle-exit", "60"
+        ),
+        env=kit.env(STREAMER_EVENTS__MAX_MESSAGE_BYTES="4096"),
+        capture_output=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+
+    dead = kit.read(names["dead"])
+    scores = kit.read(names["scores"])
+    alerts_raw = kit.read_raw(names["alerts"])
+    topic = names["in"]
+
+    # Nothing lost, nothing twice: every offset is either scored or dead-lettered.
+    scored_at = kit.offsets_of(scores, topic)
+    dead_at = kit.offsets_of(dead, topic)
+    assert scored_at | dead_at == set(labels) == kit.all_offsets(report.end_offsets)
+    assert not scored_at & dead_at
+    assert len(scores) == len(scored_at)
+
+    # Every malformed message, and only those, is dead-lettered with its reason.
+    malformed = {k for k, r in labels.items() if str(r["kind"]).startswith("malformed:")}
+    assert malformed and dead_at == malformed
+    kinds_seen = set()
+    for record in dead:
+        letter = DeadLetter.model_validate(record)
+        kind = str(labels[(letter.source.partition, letter.source.offset)]["kind"]).split(":", 1)[1]
+        kinds_seen.add(kind)
+        assert EXPECTED_REASON[kind] in letter.reason, (kind, letter.reason)
+        assert letter.original_size > 0
+    assert {"invalid_json", "missing_feature", "oversize"} <= kinds_seen
+
+    # The injected anomalies are alerted; alerts are valid, keyed by the entity.
+    alerts = [Alert.model_validate_json(value) for _, value in alerts_raw]
+    alerted = {(a.source.partition, a.source.offset) for a in alerts}
+    anomalies = {k for k, r in labels.items() if r["label"] == 1}
+    recall = len(alerted & anomalies) / len(anomalies)
+    precision = len(alerted & anomalies) / len(alerted)
+    assert recall >= 0.8, recall
+    assert precision >= 0.6, precision
+    for (key, _), alert in zip(alerts_raw, alerts, strict=True):
+        assert alert.key is not None and key == alert.key.encode()
+        assert alert.event is not None and alert.event["sensor_id"] == alert.key
+        assert alert.event_time == alert.event["ts"]
+        assert alert.score > alert.threshold
+        assert alert.model.kind == "dense" and alert.model.name == "test"
+        assert 1 <= len(alert.top_features) <= 3
+        assert abs(sum(f.share for f in alert.top_features) - 1) < 1 or len(alert.top_features) == 3
+
+    # At least once, and exactly to the end: committed offsets equal the end offsets.
+    assert kit.committed(names["group"], topic) == report.end_offsets
+
+
+def _wait_for_commit(kit, group: str, topic: str, timeout: float) -> dict[int, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = kit.committed(group, topic)
+        if got:
+            return got
+        time.sleep(0.3)
+    raise AssertionError("the detector committed nothing in time")
+
+
+def test_sigkill_mid_stream_then_restart_loses_nothing(kit, dense_checkpoint, tmp_path) -> None:
+    names = kit.topics("kill")
+    config = SimConfig(seed=5, anomaly_rate=0.02, malformed_rate=0.01)
+    reports = []
+    producer = threading.Thread(
+        target=lambda: reports.append(
+            produce(kit.bootstrap, names["in"], generate(30_000, config), rate=4_000.0)
+        )
+    )
+    args = kit.run_args(names, dense_checkpoint, "--batch-size", "200", "--max-wait-ms", "20")
+    first = subprocess.Popen(
+        args, env=kit.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        producer.start()
+        before_kill = _wait_for_commit(kit, names["group"], names["in"], timeout=60)
+        time.sleep(0.5)
+    finally:
+        kit.stop(first, signal.SIGKILL)
+    producer.join(timeout=60)
+    report = reports[0]
+    assert sum(before_kill.values()) < report.count, "the kill came after the end of the stream"
+
+    second = subprocess.run(
+        [*args, "--idle-exit", "8"], env=kit.env(), capture_output=True, timeout=180
+    )
+    assert second.returncode == 0, second.stderr.decode()[-3000:]
+
+    topic = names["in"]
+    accounted = kit.offsets_of(kit.read(names["scores"]), topic) | kit.offsets_of(
+        kit.read(names["dead"]), topic
+    )
+    assert accounted >= kit.all_offsets(report.end_offsets)
+    assert kit.committed(names["group"], topic) == report.end_offsets
+
+
+def test_sigterm_flushes_and_commits_what_was_processed(kit, dense_checkpoint) -> None:
+    names = kit.topics("term")
+    report = produce(kit.bootstrap, names["in"], generate(3_000, SimConfig(seed=9)))
+    # One huge batch that would wait a minute: only the shutdown path can close and commit it.
+    args = kit.run_args(
+        names, dense_checkpoint, "--batch-size", "1000000", "--max-wait-ms", "60000"
+    )
+    proc = subprocess.Popen(args, env=kit.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assigned = False
+        deadline = time.monotonic() + 60
+        while not assigned and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assigned = b"partitions_assigned" in line
+        assert assigned, "the detector never joined its group"
+        time.sleep(3.0)  # let it fetch the events into the open batch
+        assert kit.committed(names["group"], names["in"]) == {}, "committed before the stop request"
+        started = time.monotonic()
+        code = kit.stop(proc, signal.SIGTERM)
+        assert time.monotonic() - started < 20
+    finally:
+        kit.stop(proc, signal.SIGKILL, timeout=5)
+    assert code == 0
+    assert kit.committed(names["group"], names["in"]) == report.end_offsets
+    assert len(kit.offsets_of(kit.read(names["scores"]), names["in"])) == report.count

@@ -1,0 +1,63 @@
+"""Factories shared by the models tests: small seeded data and tiny trained checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import TrainConfig, TrainResult, train
+
+KINDS = ("dense", "conv", "vae")
+WINDOW = 8
+
+
+def correlated(n: int, n_features: int = 6, seed: int = 0) -> np.ndarray:
+    """(n, F) float32 rows driven by two latent factors plus small noise, features on mixed scales."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 2))
+    loadings = rng.normal(size=(2, n_features))
+    x = z @ loadings + 0.1 * rng.normal(size=(n, n_features))
+    return (x * np.geomspace(0.1, 100, n_features) + np.arange(n_features)).astype(np.float32)
+
+
+def feature_names(n: int) -> list[str]:
+    return [f"f{i}" for i in range(n)]
+
+
+@pytest.fixture
+def make_data() -> Callable[..., np.ndarray]:
+    return correlated
+
+
+def tiny_config(kind: str, **overrides: object) -> TrainConfig:
+    args: dict[str, object] = {
+        "kind": kind,
+        "epochs": 3,
+        "batch_size": 64,
+        "window": WINDOW,
+        "progress": False,
+        "seed": 0,
+    }
+    args.update(overrides)
+    return TrainConfig(**args)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TrainResult]:
+    """One tiny trained checkpoint per kind, shared by the read-only tests."""
+    root: Path = tmp_path_factory.mktemp("ckpt")
+    data = correlated(600)
+    return {
+        kind: train(data, feature_names(6), tiny_config(kind), root / f"{kind}.safetensors")
+        for kind in KINDS
+    }
+
+
+def batch_for(kind: str, data: np.ndarray) -> np.ndarray:
+    """Scorer input built from rows: (B, F) rows, or (B, W, F) sliding windows for conv."""
+    if kind != "conv":
+        return data
+    return np.lib.stride_tricks.sliding_window_view(data, WINDOW, axis=0).transpose(0, 2, 1)

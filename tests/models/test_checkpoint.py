@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import KINDS, batch_for, correlated
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from models import CheckpointError, TrainResult, load_checkpoint, save_checkpoint
+from models.checkpoint import METADATA_KEY
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip_gives_identical_scores(trained: dict[str, TrainResult], kind: str) -> None:
+    result = trained[kind]
+    a, b = result.scorer, load_checkpoint(result.path)
+    x = batch_for(kind, correlated(200, seed=7))
+    sa, ea = a.score(x)
+    sb, eb = b.score(x)
+    assert np.array_equal(sa, sb) and np.array_equal(ea, eb)
+    assert np.array_equal(a.encode(x), b.encode(x))
+    assert np.array_equal(a.train_scores, b.train_scores)
+    assert a.version == b.version and len(a.version) == 12
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+
+
+def test_metadata_contents(trained: dict[str, TrainResult]) -> None:
+    path = trained["conv"].path
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()[METADATA_KEY])
+    assert meta["kind"] == "conv" and meta["window"] == 8 and meta["format_version"] == 1
+    assert meta["features"] == [f"f{i}" for i in range(6)]
+    assert meta["model_config"]["window"] == 8
+    assert len(meta["data_sha256"]) == 64 and len(meta["tensors_sha256"]) == 64
+    assert {"torch", "numpy", "ae-streamer"} <= set(meta["versions"])
+    assert meta["created_at"].endswith("+00:00") and meta["n_train"] > 0
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(trained: dict[str, TrainResult], tmp_path: Path) -> None:
+    s = trained["dense"].scorer
+    out = tmp_path / "m.safetensors"
+    version = save_checkpoint(out, s.model, s.scaler, features=s.features, train_scores=s.train_scores)
+    assert load_checkpoint(out).version == version
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
+def copy_of(result: TrainResult, tmp_path: Path) -> Path:
+    p = tmp_path / "copy.safetensors"
+    p.write_bytes(result.path.read_bytes())
+    return p
+
+
+def test_refuses_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_refuses_truncated_file(trained: dict[str, TrainResult], tmp_path: Path) -> None:
+    p = copy_of(trained["dense"], tmp_path)
+    blob = p.read_bytes()
+    p.write_bytes(blob[: len(blob) - 100])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(p)
+
+
+def test_refuses_flipped_tensor_byte(trained: dict[str, TrainResult], tmp_path: Path) -> None:
+    p = copy_of(trained["vae"], tmp_path)
+    blob = bytearray(p.read_bytes())
+    blob[-5] ^= 0x01  # last bytes are tensor data, not header
+    p.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(p)
+
+
+def test_refuses_garbage(tmp_path: Path) -> None:
+    p = tmp_path / "garbage.safetensors"
+    p.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(p)
+
+
+class Exploit:
+    """Unpickling this would create a marker file: what a malicious torch.save file does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_refuses_pickle_without_running_it(tmp_path: Path, writer: str) -> None:
+    marker = tmp_path / "pwned"
+    p = tmp_path / "evil.safetensors"
+    if writer == "pickle":
+        p.write_bytes(pickle.dumps(Exploit(marker)))
+    else:
+        torch.save({"model": Exploit(marker)}, p)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError):
+        load_checkpoint(p)
+    assert not marker.exists()
+
+
+def test_refuses_safetensors_without_our_metadata(tmp_path: Path) -> None:
+    p = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, str(p))
+    with pytest.raises(CheckpointError, match="metadata"):
+        load_checkpoint(p)
+
+
+def rewrite_meta(result: TrainResult, tmp_path: Path, **changes: object) -> Path:
+    with safe_open(str(result.path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta = json.loads(f.metadata()[METADATA_KEY])
+    meta.update(changes)
+    p = tmp_path / "edited.safetensors"
+    save_file(tensors, str(p), metadata={METADATA_KEY: json.dumps(meta)})
+    return p
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"kind": "transformer"}, "unknown model kind"),
+        ({"format_version": 99}, "format version"),
+        ({"tensors_sha256": "0" * 64}, "sha256"),
+        ({"features": ["a"]}, "feature names"),
+    ],
+)
+def test_refuses_edited_metadata(
+    trained: dict[str, TrainResult], tmp_path: Path, changes: dict[str, object], match: str
+) -> None:
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(rewrite_meta(trained["dense"], tmp_path, **changes))
+
+
+def test_unedited_rewrite_still_loads(trained: dict[str, TrainResult], tmp_path: Path) -> None:
+    """Guards the test above: only the edit, not the rewriting, makes a checkpoint refused."""
+    assert load_checkpoint(rewrite_meta(trained["dense"], tmp_path)).kind == "dense"

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import DenseAutoencoder, DenseConfig
+
+
+def make(seed: int = 0, **kw: object) -> DenseAutoencoder:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return DenseAutoencoder(DenseConfig(n_features=7, hidden=(16, 8), latent_dim=3, **kw))  # type: ignore[arg-type]
+
+
+def test_shapes() -> None:
+    m = make()
+    x = torch.randn(5, 7)  # (B, F)
+    assert m(x).shape == (5, 7)
+    assert m.encode(x).shape == (5, 3)
+    score, err = m.anomaly_score(x)
+    assert score.shape == (5,) and err.shape == (5, 7)
+    torch.testing.assert_close(score, ((x - m(x)) ** 2).mean(1))
+
+
+def test_same_seed_same_weights() -> None:
+    a, b, c = make(0), make(0), make(1)
+    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert not all(torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
+
+
+def test_overfits_one_batch() -> None:
+    m = make()
+    x = torch.randn(16, 7, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(300):
+        loss = ((m(x) - x) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+@pytest.mark.parametrize("bad", [{"n_features": 0}, {"latent_dim": 0}, {"hidden": (4, 0)}])
+def test_config_validates(bad: dict[str, object]) -> None:
+    args: dict[str, object] = {"n_features": 4, "hidden": (8,), "latent_dim": 2, **bad}
+    with pytest.raises(ValueError):
+        DenseConfig(**args)  # type: ignore[arg-type]

@@ -1,0 +1,221 @@
+"""Table loaders (CSV, JSONL, npz) and the NAB loader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from streamer.data import load_nab_series, load_table, nab_files
+from streamer.errors import DataError
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_csv_round_trip(tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "d.csv",
+        "ts,sensor,a,b,label\n2024-01-01T00:00:00Z,s1,1.5,2,0\n2024-01-01T00:05:00Z,s2,-3,4e-1,1\n",
+    )
+    t = load_table(path, label_column="label", entity_column="sensor", time_column="ts")
+    assert t.features == ["a", "b"]  # numeric columns minus the label
+    assert t.X.dtype == np.float32 and t.X.shape == (2, 2)
+    np.testing.assert_allclose(t.X, [[1.5, 2.0], [-3.0, 0.4]], rtol=1e-6)
+    assert t.labels is not None and t.labels.dtype == np.int8 and t.labels.tolist() == [0, 1]
+    assert t.entities is not None and t.entities.tolist() == ["s1", "s2"]
+    assert t.timestamps is not None
+    assert t.timestamps[1] - t.timestamps[0] == np.timedelta64(5, "m")
+
+
+def test_csv_explicit_features_and_order(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "d.csv", "a,b,c\n1,2,3\n4,5,6\n")
+    t = load_table(path, features=["c", "a"])
+    assert t.features == ["c", "a"]
+    assert t.X.tolist() == [[3, 1], [6, 4]]
+    assert t.labels is None and t.entities is None and t.timestamps is None
+    assert len(load_table(path, max_rows=1)) == 1
+
+
+def test_csv_numeric_time_column_stays_numeric(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "d.csv", "t,a\n1000,1\n2000,2\n")
+    t = load_table(path, time_column="t")
+    assert t.features == ["a"]
+    assert t.timestamps is not None and t.timestamps.tolist() == [1000.0, 2000.0]
+
+
+def test_jsonl_round_trip(tmp_path: Path) -> None:
+    rows = [
+        {"sensor_id": "a", "ts": 1, "x": 1.0, "y": 2, "flag": True, "note": "ok", "label": 0},
+        {"sensor_id": "b", "ts": 2, "x": 3.5, "y": -1, "flag": False, "note": "hm", "label": 1},
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows) + b"\n")
+    t = load_table(path, label_column="label", entity_column="sensor_id", time_column="ts")
+    assert t.features == ["x", "y"]  # booleans and strings are not features
+    assert t.X.tolist() == [[1.0, 2.0], [3.5, -1.0]]
+    assert t.labels is not None and t.labels.tolist() == [0, 1]
+    assert t.entities is not None and t.entities.tolist() == ["a", "b"]
+
+
+def test_npz_train_and_test_splits(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    train = np.arange(12, dtype=np.float64).reshape(4, 3)
+    test = np.ones((2, 3))
+    np.savez(path, train=train, test=test, label=np.array([0, 1], dtype=np.uint8))
+    t = load_table(path)
+    assert t.features == ["f0", "f1", "f2"] and t.labels is None
+    np.testing.assert_array_equal(t.X, train.astype(np.float32))
+    t = load_table(path, split="test", features=["a", "b", "c"])
+    assert t.features == ["a", "b", "c"]
+    assert t.labels is not None and t.labels.tolist() == [0, 1]
+    with pytest.raises(DataError, match="3 columns"):
+        load_table(path, features=["a"])
+
+
+def test_npz_refuses_pickled_objects(tmp_path: Path) -> None:
+    path = tmp_path / "evil.npz"
+    np.savez(path, train=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match="pickle"):
+        load_table(path)
+
+
+def test_npz_missing_split_and_bad_values(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, train=np.array([[1.0, np.nan]]))
+    with pytest.raises(DataError, match="'test' not found"):
+        load_table(path, split="test")
+    with pytest.raises(DataError, match="row 0, column 1"):
+        load_table(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs", "match"),
+    [
+        ("a,b\n1,2\n3,x\n", {}, r"line 3, column 'b'"),
+        ("a,b\n1,2\n3,nan\n", {}, r"line 3, column 'b'.*finite"),
+        ("a,b\n1,2\n3,inf\n", {}, r"line 3, column 'b'"),
+        ("a,b\n1,2\n3,\n", {}, r"line 3, column 'b'"),
+        ("a,b\n1,2\n3\n", {}, r"line 3: 1 fields"),
+        ("a,b\n1,2\n", {"features": ["a", "zz"]}, r"\['zz'\] not found"),
+        ("a,b\n1,2\n", {"label_column": "label"}, r"label column 'label' not found"),
+        ("a,label\n1,0\n2,7\n", {"label_column": "label"}, r"line 3, column 'label'.*0 or 1"),
+        ("a,b\n", {}, r"no data rows"),
+        ("", {}, r"empty file"),
+        ("a,b\nx,y\n", {}, r"no numeric feature columns"),
+        ("a,a\n1,2\n", {}, r"duplicate"),
+        ("t,a\nnot-a-time,1\n", {"time_column": "t"}, r"line 2, column 't'.*timestamp"),
+    ],
+)
+def test_csv_errors_name_row_and_column(
+    tmp_path: Path, text: str, kwargs: dict, match: str
+) -> None:
+    path = write_csv(tmp_path / "bad.csv", text)
+    with pytest.raises(DataError, match=match) as info:
+        load_table(path, **kwargs)
+    assert "bad.csv" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("lines", "match"),
+    [
+        ([b'{"a": 1}', b'{"a": 1'], r"line 2: invalid JSON"),
+        ([b'{"a": 1}', b"[1]"], r"line 2: expected a JSON object"),
+        ([b'{"a": 1, "b": 2}', b'{"a": 1}'], r"line 2: column 'b' missing"),
+        ([b'{"a": 1}', b'{"a": "1x"}'], r"line 2, column 'a'"),
+        ([b'{"a": 1}', b'{"a": null}'], r"line 2, column 'a'"),
+        ([b'{"a": 1}', b'{"a": 1e999}'], r"line 2: invalid JSON"),
+    ],
+)
+def test_jsonl_errors_name_line_and_column(tmp_path: Path, lines: list[bytes], match: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError, match=match):
+        load_table(path)
+
+
+def test_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file"):
+        load_table(tmp_path / "nope.csv")
+    path = write_csv(tmp_path / "d.parquet", "x")
+    with pytest.raises(DataError, match="unsupported"):
+        load_table(path)
+
+
+# ------------------------------------------------------------------------------------------ NAB
+
+
+def nab_fixture(root: Path) -> tuple[Path, Path]:
+    series = root / "data" / "realTest" / "tiny.csv"
+    series.parent.mkdir(parents=True)
+    start = np.datetime64("2014-04-01T00:00:00")
+    lines = ["timestamp,value"] + [
+        f"{str(start + np.timedelta64(5 * i, 'm')).replace('T', ' ')},{float(i % 7)}"
+        for i in range(20)
+    ]
+    series.write_text("\n".join(lines) + "\n")
+    windows = root / "labels" / "combined_windows.json"
+    windows.parent.mkdir()
+    windows.write_text(
+        json.dumps(
+            {
+                "realTest/tiny.csv": [
+                    ["2014-04-01 00:20:00.000000", "2014-04-01 00:35:00.000000"],
+                    ["2014-04-01 01:20:00.000000", "2014-04-01 01:30:00.000000"],
+                ],
+                "realTest/other.csv": [],
+            }
+        )
+    )
+    return series, windows
+
+
+def test_nab_loader_on_fixture(tmp_path: Path) -> None:
+    series_path, windows_path = nab_fixture(tmp_path)
+    assert nab_files(tmp_path) == [series_path]
+    s = load_nab_series(series_path, windows_path)
+    assert s.name == "realTest/tiny.csv"
+    assert s.timestamps.dtype == np.dtype("datetime64[s]") and len(s.timestamps) == 20
+    assert s.values.dtype == np.float32 and s.values[8] == 1.0
+    assert s.windows[0] == (
+        np.datetime64("2014-04-01T00:20:00"),
+        np.datetime64("2014-04-01T00:35:00"),
+    )
+    # rows 4..7 and 16..18 are inside the windows
+    assert np.flatnonzero(s.labels).tolist() == [4, 5, 6, 7, 16, 17, 18]
+    assert s.window_rows() == [(4, 7), (16, 18)]
+    # the parsed JSON dict works too
+    again = load_nab_series(series_path, json.loads(windows_path.read_text()))
+    assert again.labels.tolist() == s.labels.tolist()
+
+
+def test_nab_loader_unknown_file(tmp_path: Path) -> None:
+    series_path, _ = nab_fixture(tmp_path)
+    with pytest.raises(DataError, match=r"no windows for 'realTest/tiny\.csv'"):
+        load_nab_series(series_path, {"realTest/other.csv": []})
+
+
+@pytest.mark.data
+@pytest.mark.skipif(
+    not (SHARED_DATA / "nab").is_dir(), reason=f"shared NAB data absent at {SHARED_DATA}"
+)
+def test_real_nab_series_windows_within_span() -> None:
+    nab = SHARED_DATA / "nab"
+    files = nab_files(nab)
+    assert len(files) == 58
+    path = nab / "data" / "realKnownCause" / "machine_temperature_system_failure.csv"
+    s = load_nab_series(path, nab / "labels" / "combined_windows.json")
+    assert len(s.windows) == 4
+    assert len(s.timestamps) == len(s.values) == len(s.labels) == 22_695
+    for start, end in s.windows:
+        assert s.timestamps[0] <= start <= end <= s.timestamps[-1]
+    rows = s.window_rows()
+    assert all(s.labels[a : b + 1].all() for a, b in rows)
+    assert s.labels.sum() == sum(b - a + 1 for a, b in rows)
