@@ -32,7 +32,7 @@ class Source(_Record):
 class ModelRef(_Record):
     name: str
     version: str
-    kind: Literal["dense", "conv", "vae"]
+    kind: Literal["dense", "conv", "vae", "hst", "pca"]
 
 
 class FeatureContribution(_Record):

@@ -27,7 +27,9 @@ def test_round_trip_gives_identical_scores(trained: dict[str, TrainResult], kind
     assert np.array_equal(a.encode(x), b.encode(x))
     assert np.array_equal(a.train_scores, b.train_scores)
     assert a.version == b.version and len(a.version) == 12
-    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+    for (k, va), vb in zip(
+        a.model.state_dict().items(), b.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(va, vb), k
 
 
@@ -43,10 +45,14 @@ def test_metadata_contents(trained: dict[str, TrainResult]) -> None:
     assert meta["created_at"].endswith("+00:00") and meta["n_train"] > 0
 
 
-def test_save_is_atomic_and_leaves_no_temp_files(trained: dict[str, TrainResult], tmp_path: Path) -> None:
+def test_save_is_atomic_and_leaves_no_temp_files(
+    trained: dict[str, TrainResult], tmp_path: Path
+) -> None:
     s = trained["dense"].scorer
     out = tmp_path / "m.safetensors"
-    version = save_checkpoint(out, s.model, s.scaler, features=s.features, train_scores=s.train_scores)
+    version = save_checkpoint(
+        out, s.model, s.scaler, features=s.features, train_scores=s.train_scores
+    )
     assert load_checkpoint(out).version == version
     assert os.listdir(tmp_path) == ["m.safetensors"]
 

@@ -9,7 +9,9 @@ from models import ConvAutoencoder, ConvConfig
 def make(window: int = 8, seed: int = 0) -> ConvAutoencoder:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return ConvAutoencoder(ConvConfig(n_features=3, window=window, channels=(8, 8), latent_dim=4))
+        return ConvAutoencoder(
+            ConvConfig(n_features=3, window=window, channels=(8, 8), latent_dim=4)
+        )
 
 
 @pytest.mark.parametrize("window", [4, 5, 7, 8, 33])
@@ -31,7 +33,10 @@ def test_score_is_error_of_last_step() -> None:
 
 def test_same_seed_same_weights() -> None:
     a, b = make(seed=3), make(seed=3)
-    assert all(torch.equal(va, vb) for va, vb in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(va, vb)
+        for va, vb in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 def test_overfits_one_batch() -> None:

@@ -37,4 +37,4 @@ def test_auprc_well_above_anomaly_rate(kind: str, tmp_path: Path) -> None:
         x = test_x
     score, _ = scorer.score(x)
     rate = label.mean()
-    assert average_precision_score(label, score) >= 2 * rate
+    assert False, (average_precision_score(label, score), rate)

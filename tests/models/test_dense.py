@@ -24,9 +24,14 @@ def test_shapes() -> None:
 
 def test_same_seed_same_weights() -> None:
     a, b, c = make(0), make(0), make(1)
-    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values(), strict=True):
+    for (k, va), vb, vc in zip(
+        a.state_dict().items(), b.state_dict().values(), c.state_dict().values(), strict=True
+    ):
         assert torch.equal(va, vb), k
-    assert not all(torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
+    assert not all(
+        torch.equal(va, vc)
+        for va, vc in zip(a.state_dict().values(), c.state_dict().values(), strict=True)
+    )
 
 
 def test_overfits_one_batch() -> None:

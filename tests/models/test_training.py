@@ -75,7 +75,12 @@ def test_conv_window_longer_than_entity(tmp_path: Path) -> None:
 
 
 def test_progress_bar_shows_losses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    train(correlated(200), FEATURES, tiny_config("dense", epochs=1, progress=True), tmp_path / "m.safetensors")
+    train(
+        correlated(200),
+        FEATURES,
+        tiny_config("dense", epochs=1, progress=True),
+        tmp_path / "m.safetensors",
+    )
     err = capsys.readouterr().err
     assert "train=" in err and "val=" in err
 

@@ -45,7 +45,10 @@ def test_reparameterize_uses_generator() -> None:
 
 def test_same_seed_same_weights() -> None:
     a, b = make(5), make(5)
-    assert all(torch.equal(va, vb) for va, vb in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(va, vb)
+        for va, vb in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 def test_overfits_one_batch() -> None:
