@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from models.errors import ModelError
 from streamer.errors import StreamerError
 
 
@@ -227,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_demo)
 
+    from streamer import latent
+
+    latent.register(sub)
+
     p = sub.add_parser("schema", help="print the JSON schemas of alerts and dead letters")
     p.set_defaults(func=cmd_schema)
     return parser
@@ -236,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (StreamerError, ValueError) as exc:
+    except (StreamerError, ModelError, ValueError) as exc:
         print(f"streamer {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

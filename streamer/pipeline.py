@@ -230,8 +230,10 @@ class Pipeline:
             msg = origin(index)
             obj = decoded.objects[j]
             entity = self._entity(origin, index, obj)
-            key = entity if isinstance(entity, str) or entity is None else str(entity)
-            key_str = decode_key(key) if isinstance(key, bytes) else key
+            if isinstance(entity, bytes):
+                key_str = decode_key(entity)
+            else:
+                key_str = None if entity is None else str(entity)
             contributions = [
                 FeatureContribution(
                     feature=features[f],

@@ -1,0 +1,122 @@
+"""The two other jobs of an autoencoder: latent embeddings (``streamer encode``) and synthetic data
+(``streamer sample``, VAE only)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from streamer.errors import DataError
+
+
+def model_inputs(x: np.ndarray, window: int, entities: np.ndarray | None) -> np.ndarray:
+    """Rows (N, F) -> what the model reads: the rows themselves, or for a windowed model the window ending
+    at each row, per entity, padded like the detector does for an entity's first rows."""
+    if window == 1:
+        return x
+    from streamer.features import EntityWindows
+
+    keys = entities.tolist() if entities is not None else [0] * len(x)
+    return EntityWindows(window, x.shape[1], max_entities=max(1, len(set(keys)))).windows(x, keys)
+
+
+def encode_command(args: argparse.Namespace) -> int:
+    from models import load_checkpoint
+    from streamer.data import load_table
+
+    scorer = load_checkpoint(args.model, device=args.device)
+    table = load_table(args.data, features=list(scorer.features), entity_column=args.entity_column)
+    inputs = model_inputs(table.X, scorer.window, table.entities)
+    codes = np.concatenate(
+        [
+            scorer.encode(inputs[i : i + args.batch_size])
+            for i in range(0, len(inputs), args.batch_size)
+        ]
+        or [np.empty((0, scorer.latent_dim), dtype=np.float32)]
+    )
+    columns = [f"z{i}" for i in range(codes.shape[1])]
+    if args.to_topic:
+        _encode_to_topic(args, codes, columns, table.entities)
+    elif args.out.suffix == ".npy":
+        np.save(args.out, codes, allow_pickle=False)
+    elif args.out.suffix == ".csv":
+        with args.out.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["row", *columns])
+            writer.writerows([i, *map(float, row)] for i, row in enumerate(codes))
+    else:
+        raise DataError(f"--out must end in .npy or .csv, got {args.out}")
+    print(
+        orjson.dumps(
+            {
+                "rows": len(codes),
+                "latent_dim": codes.shape[1],
+                "out": str(args.out or args.to_topic),
+            }
+        ).decode()
+    )
+    return 0
+
+
+def _encode_to_topic(
+    args: argparse.Namespace, codes: np.ndarray, columns: list[str], entities: np.ndarray | None
+) -> None:
+    from streamer.simulate import SimEvent, produce
+
+    if not args.bootstrap:
+        raise DataError("--to-topic needs --bootstrap HOST:PORT")
+    events = (
+        SimEvent(
+            key=str(entities[i]) if entities is not None else str(i),
+            value=orjson.dumps({"row": i, **dict(zip(columns, map(float, row), strict=True))}),
+            label=0,
+            kind="embedding",
+            seq=i,
+            malformed=False,
+        )
+        for i, row in enumerate(codes)
+    )
+    produce(args.bootstrap, args.to_topic, events)
+
+
+def sample_command(args: argparse.Namespace) -> int:
+    from models import load_checkpoint
+
+    scorer = load_checkpoint(args.model, device=args.device)
+    rows = scorer.sample(args.n, seed=args.seed)
+    names = scorer.features
+    with Path(args.out).open("wb") as fh:
+        for row in rows.tolist():
+            fh.write(orjson.dumps(dict(zip(names, row, strict=True))) + b"\n")
+    print(orjson.dumps({"rows": len(rows), "features": list(names), "out": str(args.out)}).decode())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("encode", help="latent coordinates of each row (dimensionality reduction)")
+    p.add_argument("--model", type=Path, required=True, help="checkpoint (any kind)")
+    p.add_argument(
+        "--data", type=Path, required=True, help="CSV, JSONL or .npz with the model's features"
+    )
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", type=Path, help="FILE.npy or FILE.csv")
+    out.add_argument("--to-topic", help="write one JSON record per row to this Kafka topic instead")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (with --to-topic)")
+    p.add_argument(
+        "--entity-column", help="entity key column (windows of a conv model; record keys)"
+    )
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.set_defaults(func=encode_command)
+
+    p = sub.add_parser("sample", help="synthetic events from a VAE checkpoint")
+    p.add_argument("--model", type=Path, required=True, help="a vae checkpoint")
+    p.add_argument("-n", type=int, required=True, help="number of events")
+    p.add_argument("--out", type=Path, required=True, help="FILE.jsonl")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.set_defaults(func=sample_command)

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamer.config import load_settings
+from streamer.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("STREAMER_"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "streamer.toml"
+    path.write_text(text)
+    return path
+
+
+def test_precedence_defaults_file_env_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(
+        tmp_path,
+        '[kafka]\nbootstrap_servers = "file:9092"\ngroup_id = "from-file"\n[batch]\nmax_events = 7\n',
+    )
+    monkeypatch.setenv("STREAMER_KAFKA__BOOTSTRAP_SERVERS", "env:9092")
+    monkeypatch.setenv("STREAMER_THRESHOLD__Q", "0.9")
+    s = load_settings(path, {"batch": {"max_wait_ms": 3}, "threshold": {"q": 0.95}})
+    assert s.kafka.bootstrap_servers == "env:9092"  # env over file
+    assert s.kafka.group_id == "from-file"  # file over default
+    assert s.batch.max_events == 7 and s.batch.max_wait_ms == 3
+    assert s.threshold.q == 0.95  # CLI over env
+    assert s.kafka.alert_topic == "alerts"  # default
+
+
+def test_env_lists_are_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMER_KAFKA__INPUT_TOPICS", '["a", "b"]')
+    assert load_settings().kafka.input_topics == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "named"),
+    [
+        ("STREAMER_KAFKA__BOGUS", "1", "kafka.bogus"),
+        ("STREAMER_BOGUS", "1", "STREAMER_BOGUS"),
+        ("STREAMER_THRESHOLD__Q", "1.5", "threshold.q"),
+        ("STREAMER_BATCH__MAX_EVENTS", "zero", "batch.max_events"),
+    ],
+)
+def test_bad_environment_names_the_key(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_settings()
+
+
+def test_bad_file_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"model\.device"):
+        load_settings(write(tmp_path, '[model]\ndevice = "tpu"\n'))
+    with pytest.raises(ConfigError, match=r"events\.unknown"):
+        load_settings(write(tmp_path, "[events]\nunknown = 1\n"))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[events\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_secrets_never_leak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMER_KAFKA__SASL_PASSWORD", "hunter2")
+    monkeypatch.setenv("STREAMER_KAFKA__EXTRA", '{"ssl.key.password": "s3cret"}')
+    s = load_settings()
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
+    assert "s3cret" not in repr(s)
+    conf = s.kafka.consumer_config()
+    assert conf["sasl.password"] == "hunter2" and conf["ssl.key.password"] == "s3cret"
+    # an invalid value next to a secret: the error names keys, never values
+    monkeypatch.setenv("STREAMER_KAFKA__SESSION_TIMEOUT_MS", "hunter2")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "hunter2" not in str(info.value) and "session_timeout_ms" in str(info.value)
+
+
+def test_reserved_librdkafka_keys_cannot_be_overridden() -> None:
+    with pytest.raises(ConfigError, match=r"enable\.auto\.commit"):
+        load_settings(None, {"kafka": {"extra": {"enable.auto.commit": "true"}}})
+
+
+def test_consumer_is_at_least_once() -> None:
+    conf = load_settings().kafka.consumer_config()
+    assert conf["enable.auto.commit"] is False and conf["enable.auto.offset.store"] is False

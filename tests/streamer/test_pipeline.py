@@ -1,0 +1,166 @@
+"""The pipeline core on an in-memory source, with a scorer whose scores are known."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+import pytest
+
+from streamer.alerts import Alert, DeadLetter
+from streamer.config import EventSettings, ThresholdSettings
+from streamer.pipeline import Message, Pipeline
+
+FEATURES = ("x", "y", "z")
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class SquareScorer:
+    """score = sum of squares; per-feature error = squares. Windowed when window > 1 (uses the last row)."""
+
+    kind = "dense"
+    name = "square"
+    features = FEATURES
+
+    def __init__(
+        self, window: int = 1, version: str = "v1", train_scores: np.ndarray | None = None
+    ) -> None:
+        self.window = window
+        self.version = version
+        self.train_scores = np.linspace(0.0, 3.0, 1_000) if train_scores is None else train_scores
+        self.seen: list[np.ndarray] = []
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.seen.append(x.copy())
+        last = x if x.ndim == 2 else x[:, -1, :]
+        err = (last.astype(np.float64) ** 2).astype(np.float32)
+        return err.sum(axis=1).astype(np.float64), err
+
+
+def message(i: int, payload: object, key: bytes | None = b"k", raw: bytes | None = None) -> Message:
+    value = raw if raw is not None else orjson.dumps(payload)
+    return Message(
+        value=value, key=key, topic="in", partition=i % 2, offset=i, timestamp_ms=1_000 + i
+    )
+
+
+def make(scorer: SquareScorer | None = None, **events: object) -> Pipeline:
+    return Pipeline(
+        scorer or SquareScorer(),
+        ThresholdSettings(q=0.99),
+        EventSettings(**events),  # type: ignore[arg-type]
+        now=lambda: NOW,
+    )
+
+
+def test_every_message_is_scored_or_dead_lettered() -> None:
+    batch = [
+        message(0, {"x": 0.1, "y": 0.1, "z": 0.1}),
+        message(1, {}, raw=b"{oops"),
+        message(2, {"x": 10.0, "y": 0.0, "z": 0.5, "id": "s-1"}),
+        message(3, {"x": 1, "y": "2", "z": 3}),
+        message(4, {"x": 0.2, "y": 0.0, "z": 0.0}),
+    ]
+    result = make().process_messages(batch)
+    assert result.valid.tolist() == [0, 2, 4]
+    assert result.dead_index == [1, 3]
+    assert result.alert_mask.tolist() == [False, True, False]
+    assert len(result.alerts) == 1 and len(result.dead_letters) == 2
+    letter = DeadLetter.model_validate_json(result.dead_letters[0][1])
+    assert letter.source.offset == 1 and "invalid JSON" in letter.reason
+    assert letter.original_b64 == "e29vcHM="  # base64 of b"{oops"
+
+
+def test_alert_carries_contributions_key_time_and_event() -> None:
+    pipeline = make(key_field="id", time_field="ts", top_features=2)
+    batch = [
+        message(7, {"x": 3.0, "y": 1.0, "z": 0.0, "id": "sensor-9", "ts": "2026-01-01T00:00:00Z"})
+    ]
+    result = pipeline.process_messages(batch)
+    key, value = result.alerts[0]
+    alert = Alert.model_validate_json(value)
+    assert key == b"sensor-9" and alert.key == "sensor-9"
+    assert alert.event_time == "2026-01-01T00:00:00Z"
+    assert alert.alert_id == "in:1:7"
+    assert alert.source.timestamp_ms == 1_007
+    assert alert.score == pytest.approx(10.0)
+    assert [c.feature for c in alert.top_features] == ["x", "y"]
+    assert [c.share for c in alert.top_features] == pytest.approx([0.9, 0.1])
+    assert alert.top_features[0].value == 3.0
+    assert alert.event == {
+        "x": 3.0,
+        "y": 1.0,
+        "z": 0.0,
+        "id": "sensor-9",
+        "ts": "2026-01-01T00:00:00Z",
+    }
+    assert alert.detected_at == NOW
+    assert alert.model.name == "square" and alert.q == 0.99
+
+
+def test_kafka_key_is_used_when_no_key_field() -> None:
+    result = make().process_messages([message(0, {"x": 5, "y": 0, "z": 0}, key=b"card-1")])
+    assert result.alerts[0][0] == b"card-1"
+    assert Alert.model_validate_json(result.alerts[0][1]).key == "card-1"
+
+
+def test_large_events_are_echoed_truncated() -> None:
+    pipeline = make(max_original_bytes=64)
+    payload = {"x": 9.0, "y": 0, "z": 0, "note": "n" * 500}
+    alert = Alert.model_validate_json(pipeline.process_messages([message(0, payload)]).alerts[0][1])
+    assert alert.event is None
+    assert alert.event_truncated is not None and len(alert.event_truncated) == 64
+
+
+def test_dead_letter_original_is_bounded() -> None:
+    pipeline = make(max_original_bytes=16)
+    result = pipeline.process_messages([message(0, {}, raw=b"x" * 100)])
+    letter = DeadLetter.model_validate_json(result.dead_letters[0][1])
+    assert letter.truncated and letter.original_size == 100
+    assert len(letter.original_b64) == len("eHh4eHh4eHh4eHh4eHh4eA==")
+
+
+def test_non_finite_scores_are_dead_lettered_not_thresholded() -> None:
+    class Overflowing(SquareScorer):
+        def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            s, e = super().score(x)
+            s[0] = np.inf
+            return s, e
+
+    result = make(Overflowing()).process_messages(
+        [message(0, {"x": 1, "y": 1, "z": 1}), message(1, {"x": 0, "y": 0, "z": 0})]
+    )
+    assert result.valid.tolist() == [1]
+    assert "not finite" in DeadLetter.model_validate_json(result.dead_letters[0][1]).reason
+    assert np.isfinite(result.thresholds).all()
+
+
+def test_windowed_scorer_gets_each_entitys_window() -> None:
+    scorer = SquareScorer(window=3)
+    pipeline = make(scorer, key_field="id")
+    batch = [message(i, {"x": float(i), "y": 0, "z": 0, "id": "ab"[i % 2]}) for i in range(6)]
+    pipeline.process_messages(batch[:3])
+    pipeline.process_messages(batch[3:])
+    windows = np.concatenate(scorer.seen)[:, :, 0]  # (6, 3) x values
+    np.testing.assert_array_equal(
+        windows,
+        [[0, 0, 0], [1, 1, 1], [0, 0, 2], [1, 1, 3], [0, 2, 4], [1, 3, 5]],
+    )
+
+
+def test_swap_model_resets_threshold_and_keeps_windows_when_inputs_match() -> None:
+    pipeline = make(SquareScorer(window=2))
+    pipeline.process_messages([message(0, {"x": 1.0, "y": 0, "z": 0})])
+    new = SquareScorer(window=2, version="v2", train_scores=np.linspace(0, 100, 1_000))
+    pipeline.swap_model(new)
+    assert pipeline.scorer is new and pipeline.threshold.get() > 90
+    pipeline.process_messages([message(1, {"x": 2.0, "y": 0, "z": 0})])
+    np.testing.assert_array_equal(new.seen[0][0, :, 0], [1.0, 2.0])  # history carried over
+    alerts = pipeline.process_messages([message(2, {"x": 20.0, "y": 0, "z": 0})]).alerts
+    assert Alert.model_validate_json(alerts[0][1]).model.version == "v2"
+
+
+def test_empty_batch() -> None:
+    result = make().process_messages([])
+    assert result.n_messages == 0 and not result.alerts and not result.dead_letters
