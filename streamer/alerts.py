@@ -13,7 +13,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # bump with the Literal below when a field changes meaning
 
 
 class _Record(BaseModel):
@@ -49,7 +49,7 @@ class FeatureContribution(_Record):
 class Alert(_Record):
     """An event whose anomaly score exceeded the adaptive threshold."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     alert_id: str = Field(
         description="'topic:partition:offset' of the event; stable across redelivery"
     )
@@ -75,7 +75,7 @@ class Alert(_Record):
 class DeadLetter(_Record):
     """An input message that could not be scored, with the reason and the (bounded) original bytes."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     reason: str
     source: Source
     key: str | None = Field(description="the Kafka key, decoded as UTF-8 with replacement")

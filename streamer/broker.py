@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -83,7 +84,7 @@ class EmbeddedBroker:
         self.stop()
 
 
-def create_topics(client_config: dict[str, object], names: Iterable[str], partitions: int = 3) -> None:
+def create_topics(client_config: dict[str, Any], names: Iterable[str], partitions: int = 3) -> None:
     """Create topics that do not exist yet (an existing topic is fine), waiting for the result."""
     admin = AdminClient(client_config)
     wanted = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in dict.fromkeys(names)]

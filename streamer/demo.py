@@ -136,14 +136,12 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         entity_of[(row["partition"], row["offset"])] = row["key"]
         if row["kind"].startswith("malformed"):
             malformed.add((row["partition"], row["offset"]))
-    alerted = set()
-    for value in alert_values:
-        src = orjson.loads(value)["source"]
-        alerted.add((src["partition"], src["offset"]))
-    dead = {
-        (orjson.loads(v)["source"]["partition"], orjson.loads(v)["source"]["offset"])
-        for v in dead_values
-    }
+    def source_of(value: bytes | None) -> tuple[int, int]:
+        src = orjson.loads(value or b"{}")["source"]
+        return (src["partition"], src["offset"])
+
+    alerted = {source_of(v) for v in alert_values}
+    dead = {source_of(v) for v in dead_values}
 
     scored = [k for k in sorted(labels) if k not in dead]
     y = np.array([labels[k] for k in scored], dtype=np.int8)

@@ -41,9 +41,10 @@ def read_topic(
         last = time.monotonic()
         while n < max_events and time.monotonic() - last < idle_s:
             for m in consumer.consume(num_messages=min(10_000, max_events - n), timeout=0.5):
-                if m.error() is not None:
-                    if m.error().fatal():
-                        raise KafkaException(m.error())
+                err = m.error()
+                if err is not None:
+                    if err.fatal():
+                        raise KafkaException(err)
                     continue
                 last = time.monotonic()
                 value = m.value()

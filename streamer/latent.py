@@ -96,7 +96,7 @@ def sample_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="latent coordinates of each row (dimensionality reduction)")
     p.add_argument("--model", type=Path, required=True, help="checkpoint (any kind)")
     p.add_argument(
