@@ -3,12 +3,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import KINDS, batch_for, correlated
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -16,11 +16,15 @@ from models import CheckpointError, TrainResult, load_checkpoint, save_checkpoin
 from models.checkpoint import METADATA_KEY
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_round_trip_gives_identical_scores(trained: dict[str, TrainResult], kind: str) -> None:
+def test_round_trip_gives_identical_scores(
+    make_data: Callable[..., np.ndarray],
+    make_batch: Callable[[str, np.ndarray], np.ndarray],
+    trained: dict[str, TrainResult],
+    kind: str,
+) -> None:
     result = trained[kind]
     a, b = result.scorer, load_checkpoint(result.path)
-    x = batch_for(kind, correlated(200, seed=7))
+    x = make_batch(kind, make_data(200, seed=7))
     sa, ea = a.score(x)
     sb, eb = b.score(x)
     assert np.array_equal(sa, sb) and np.array_equal(ea, eb)

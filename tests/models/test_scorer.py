@@ -1,40 +1,49 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
-from conftest import KINDS, WINDOW, batch_for, correlated
 
 from models import ModelError, TrainResult, load_checkpoint
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_score_and_encode_shapes(trained: dict[str, TrainResult], kind: str) -> None:
+def test_score_and_encode_shapes(
+    make_data: Callable[..., np.ndarray],
+    make_batch: Callable[[str, np.ndarray], np.ndarray],
+    trained: dict[str, TrainResult],
+    kind: str,
+) -> None:
     s = trained[kind].scorer
-    x = batch_for(kind, correlated(50, seed=3))
+    x = make_batch(kind, make_data(50, seed=3))
     score, err = s.score(x)
     assert score.shape == (len(x),) and score.dtype == np.float64
     assert err.shape == (len(x), 6) and err.dtype == np.float32
     assert np.isfinite(score).all() and (err >= 0).all()
     z = s.encode(x)
     assert z.shape == (len(x), s.latent_dim) and z.dtype == np.float32
-    assert s.window == (WINDOW if kind == "conv" else 1)
+    assert s.window == (8 if kind == "conv" else 1)  # conftest.WINDOW
     assert s.features == tuple(f"f{i}" for i in range(6))
     assert s.device == torch.device("cpu") and s.name == kind
 
 
-def test_anomalies_score_higher(trained: dict[str, TrainResult]) -> None:
+def test_anomalies_score_higher(
+    make_data: Callable[..., np.ndarray], trained: dict[str, TrainResult]
+) -> None:
     s = trained["dense"].scorer
-    x = correlated(200, seed=4)
+    x = make_data(200, seed=4)
     bad = x.copy()
     bad[:, 0] += 50 * s.scaler.scale[0]  # breaks the correlation structure
     assert np.median(s.score(bad)[0]) > 10 * np.median(s.score(x)[0])
     assert (s.score(bad)[1].argmax(axis=1) == 0).mean() > 0.9  # and blames the right feature
 
 
-def test_accepts_readonly_float64_and_noncontiguous_input(trained: dict[str, TrainResult]) -> None:
+def test_accepts_readonly_float64_and_noncontiguous_input(
+    make_data: Callable[..., np.ndarray], trained: dict[str, TrainResult]
+) -> None:
     s = trained["dense"].scorer
-    x = correlated(20, seed=5)
+    x = make_data(20, seed=5)
     ro = x.copy()
     ro.flags.writeable = False
     expected = s.score(x)[0]
@@ -43,14 +52,15 @@ def test_accepts_readonly_float64_and_noncontiguous_input(trained: dict[str, Tra
     assert np.array_equal(s.score(np.asfortranarray(x))[0], expected)
 
 
-def test_extreme_values_stay_finite(trained: dict[str, TrainResult]) -> None:
-    x = correlated(4, seed=6)
+def test_extreme_values_stay_finite(
+    make_data: Callable[..., np.ndarray], trained: dict[str, TrainResult]
+) -> None:
+    x = make_data(4, seed=6)
     x[0, 1] = 1e30
     x[1, 2] = -1e30
     assert np.isfinite(trained["vae"].scorer.score(x)[0]).all()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_wrong_shape_is_model_error(trained: dict[str, TrainResult], kind: str) -> None:
     with pytest.raises(ModelError, match="expects"):
         trained[kind].scorer.score(np.zeros((3, 5), dtype=np.float32))

@@ -1,39 +1,47 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import KINDS, WINDOW, batch_for, correlated, feature_names, tiny_config
 
 from models import TrainConfig, TrainResult, train
 
-FEATURES = feature_names(6)
 
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_same_seed_same_model_other_seed_differs(kind: str, tmp_path: Path) -> None:
-    data = correlated(300)
-    a = train(data, FEATURES, tiny_config(kind, epochs=2), tmp_path / "a.safetensors")
-    b = train(data, FEATURES, tiny_config(kind, epochs=2), tmp_path / "b.safetensors")
-    c = train(data, FEATURES, tiny_config(kind, epochs=2, seed=1), tmp_path / "c.safetensors")
+def test_same_seed_same_model_other_seed_differs(
+    make_data: Callable[..., np.ndarray],
+    make_batch: Callable[[str, np.ndarray], np.ndarray],
+    make_config: Callable[..., TrainConfig],
+    features: list[str],
+    kind: str,
+    tmp_path: Path,
+) -> None:
+    data = make_data(300)
+    a = train(data, features, make_config(kind, epochs=2), tmp_path / "a.safetensors")
+    b = train(data, features, make_config(kind, epochs=2), tmp_path / "b.safetensors")
+    c = train(data, features, make_config(kind, epochs=2, seed=1), tmp_path / "c.safetensors")
     sa, sb = a.scorer.model.state_dict(), b.scorer.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a.history == b.history
     assert np.array_equal(a.scorer.train_scores, b.scorer.train_scores)
-    x = batch_for(kind, correlated(40, seed=9))
+    x = make_batch(kind, make_data(40, seed=9))
     assert np.array_equal(a.scorer.score(x)[0], b.scorer.score(x)[0])
     assert not np.array_equal(a.scorer.score(x)[0], c.scorer.score(x)[0])
 
 
-def test_global_rng_untouched(tmp_path: Path) -> None:
+def test_global_rng_untouched(
+    make_data: Callable[..., np.ndarray],
+    make_config: Callable[..., TrainConfig],
+    features: list[str],
+    tmp_path: Path,
+) -> None:
     before = torch.get_rng_state()
-    train(correlated(200), FEATURES, tiny_config("vae", epochs=1), tmp_path / "m.safetensors")
+    train(make_data(200), features, make_config("vae", epochs=1), tmp_path / "m.safetensors")
     assert torch.equal(torch.get_rng_state(), before)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_result_history_and_artifacts(trained: dict[str, TrainResult], kind: str) -> None:
     r = trained[kind]
     assert r.path.is_file()
@@ -43,42 +51,68 @@ def test_result_history_and_artifacts(trained: dict[str, TrainResult], kind: str
     assert r.best_epoch == int(np.argmin(vals)) + 1
     assert all(np.isfinite(h["train_loss"]) for h in r.history)
     # train_scores are the scores of the held-back data, through the serving path
-    assert r.scorer.train_scores.shape == ((120 - WINDOW + 1) if kind == "conv" else 120,)
+    assert r.scorer.train_scores.shape == ((120 - r.scorer.window + 1) if kind == "conv" else 120,)
 
 
-def test_training_reduces_loss_and_early_stops(tmp_path: Path) -> None:
-    cfg = tiny_config("dense", epochs=200, patience=2, lr=3e-3)
-    r = train(correlated(400), FEATURES, cfg, tmp_path / "m.safetensors")
+def test_training_reduces_loss_and_early_stops(
+    make_data: Callable[..., np.ndarray],
+    make_config: Callable[..., TrainConfig],
+    features: list[str],
+    tmp_path: Path,
+) -> None:
+    cfg = make_config("dense", epochs=200, patience=2, lr=3e-3)
+    r = train(make_data(400), features, cfg, tmp_path / "m.safetensors")
     assert r.history[r.best_epoch - 1]["val_loss"] < 0.5 * r.history[0]["val_loss"]
     assert len(r.history) < 200 and len(r.history) - r.best_epoch == 2
 
 
-def test_train_scores_subsampled(tmp_path: Path) -> None:
-    cfg = tiny_config("dense", epochs=1, max_train_scores=25)
-    r = train(correlated(400), FEATURES, cfg, tmp_path / "m.safetensors")
+def test_train_scores_subsampled(
+    make_data: Callable[..., np.ndarray],
+    make_config: Callable[..., TrainConfig],
+    features: list[str],
+    tmp_path: Path,
+) -> None:
+    cfg = make_config("dense", epochs=1, max_train_scores=25)
+    r = train(make_data(400), features, cfg, tmp_path / "m.safetensors")
     assert r.scorer.train_scores.shape == (25,)
 
 
-def test_conv_windows_stay_within_entity_and_split_by_time(tmp_path: Path) -> None:
-    data = correlated(300)
+def test_conv_windows_stay_within_entity_and_split_by_time(
+    make_data: Callable[..., np.ndarray],
+    make_config: Callable[..., TrainConfig],
+    features: list[str],
+    tmp_path: Path,
+) -> None:
+    data = make_data(300)
     entities = np.tile(["a", "b"], 150)  # two interleaved series of 150 rows
-    r = train(data, FEATURES, tiny_config("conv", epochs=1), tmp_path / "m.safetensors", entities)
+    r = train(data, features, make_config("conv", epochs=1), tmp_path / "m.safetensors", entities)
     # each entity: last 30 rows validate -> 30 - W + 1 windows; none straddles entities
-    assert r.scorer.train_scores.shape == (2 * (30 - WINDOW + 1),)
+    assert r.scorer.train_scores.shape == (2 * (30 - r.scorer.window + 1),)
 
 
-def test_conv_window_longer_than_entity(tmp_path: Path) -> None:
-    data = correlated(40)
+def test_conv_window_longer_than_entity(
+    make_data: Callable[..., np.ndarray],
+    make_config: Callable[..., TrainConfig],
+    features: list[str],
+    tmp_path: Path,
+) -> None:
+    data = make_data(40)
     entities = np.repeat(["a", "b", "c", "d", "e"], 8)  # 8 rows each
     with pytest.raises(ValueError, match="window"):
-        train(data, FEATURES, tiny_config("conv", window=9), tmp_path / "m.safetensors", entities)
+        train(data, features, make_config("conv", window=9), tmp_path / "m.safetensors", entities)
 
 
-def test_progress_bar_shows_losses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_shows_losses(
+    make_data: Callable[..., np.ndarray],
+    make_config: Callable[..., TrainConfig],
+    features: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     train(
-        correlated(200),
-        FEATURES,
-        tiny_config("dense", epochs=1, progress=True),
+        make_data(200),
+        features,
+        make_config("dense", epochs=1, progress=True),
         tmp_path / "m.safetensors",
     )
     err = capsys.readouterr().err
@@ -93,16 +127,21 @@ def test_config_validates(bad: dict[str, object]) -> None:
         TrainConfig(**bad)  # type: ignore[arg-type]
 
 
-def test_rejects_bad_data(tmp_path: Path) -> None:
-    data = correlated(50)
+def test_rejects_bad_data(
+    make_data: Callable[..., np.ndarray],
+    make_config: Callable[..., TrainConfig],
+    features: list[str],
+    tmp_path: Path,
+) -> None:
+    data = make_data(50)
     with pytest.raises(ValueError, match="feature names"):
-        train(data, FEATURES[:5], tiny_config("dense"), tmp_path / "m.safetensors")
+        train(data, features[:5], make_config("dense"), tmp_path / "m.safetensors")
     data[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        train(data, FEATURES, tiny_config("dense"), tmp_path / "m.safetensors")
+        train(data, features, make_config("dense"), tmp_path / "m.safetensors")
 
 
-def test_vae_samples_match_training_data(tmp_path: Path) -> None:
+def test_vae_samples_match_training_data(features: list[str], tmp_path: Path) -> None:
     """Per feature: sample mean within 0.25 std of the data mean, sample std within a factor 1.5.
 
     Data: one latent factor driving 6 features (|correlation| ~0.9), features on mixed scales.
@@ -116,7 +155,7 @@ def test_vae_samples_match_training_data(tmp_path: Path) -> None:
     x = z @ loadings + 0.3 * rng.normal(size=(3000, 6))
     x = (x * [1, 2, 5, 10, 0.5, 1] + np.arange(6) * 3).astype(np.float32)
     cfg = TrainConfig(kind="vae", epochs=15, lr=3e-3, latent_dim=2, progress=False)
-    s = train(x, FEATURES, cfg, tmp_path / "vae.safetensors").scorer.sample(5000, seed=0)
+    s = train(x, features, cfg, tmp_path / "vae.safetensors").scorer.sample(5000, seed=0)
     mean, std = x.mean(0), x.std(0)
     assert np.all(np.abs(s.mean(0) - mean) <= 0.25 * std), (s.mean(0) - mean) / std
     ratio = s.std(0) / std

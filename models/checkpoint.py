@@ -1,0 +1,221 @@
+"""Checkpoints: ONE .safetensors file holding tensors and JSON metadata, never a pickle.
+
+Tensors: the model's state dict under "model.<name>", the scaler under "scaler.center" /
+"scaler.scale", and "train_scores" (scores of held-back normal data). The safetensors header's
+`__metadata__` holds a single key, "ae_streamer", whose value is a JSON document:
+
+    format_version, kind, model_config (plain types), features, window, latent_dim, name,
+    created_at (UTC ISO 8601), data_sha256, n_train, scaler (clip, method), versions
+    (torch, numpy, ae-streamer), train_config (optional), tensors_sha256
+
+`tensors_sha256` covers every tensor (sorted by name: name, dtype, shape, bytes) and is verified
+on load, so a flipped byte is refused rather than silently scored with. The checkpoint's
+version is sha256(tensors_sha256 + metadata JSON)[:12]. Files are written atomically (temp file
+in the same directory, fsync, os.replace) so a reader never sees half a checkpoint.
+
+Loading rebuilds the model from `kind` + `model_config` (on the meta device, no init) and
+loads the state dict strictly.
+safetensors parses a fixed-layout header and raw bytes: nothing in a file can execute code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
+
+from models.errors import CheckpointError
+from models.kinds import KINDS, AnyModel
+from models.scaling import RobustScaler
+from models.scorer import Scorer
+
+FORMAT_VERSION = 1
+METADATA_KEY = "ae_streamer"
+SCALER_METHOD = "median-iqr"
+_REQUIRED = (
+    "format_version",
+    "kind",
+    "model_config",
+    "features",
+    "name",
+    "tensors_sha256",
+    "scaler",
+)
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over tensors in sorted-name order: name, dtype, shape and raw bytes of each."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def checkpoint_version(tensors_digest: str, metadata_json: str) -> str:
+    return hashlib.sha256((tensors_digest + metadata_json).encode()).hexdigest()[:12]
+
+
+def library_versions() -> dict[str, str]:
+    try:
+        own = importlib_metadata.version("ae-streamer")
+    except importlib_metadata.PackageNotFoundError:
+        own = "unknown"
+    return {"torch": torch.__version__, "numpy": np.__version__, "ae-streamer": own}
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: AnyModel,
+    scaler: RobustScaler,
+    *,
+    features: Sequence[str],
+    train_scores: np.ndarray,
+    name: str | None = None,
+    data_sha256: str = "",
+    n_train: int = 0,
+    train_config: dict[str, Any] | None = None,
+) -> str:
+    """Write model + scaler + train_scores + metadata to one .safetensors file; return its version."""
+    cfg = model.config
+    if len(features) != cfg.n_features or scaler.n_features != cfg.n_features:
+        raise CheckpointError(
+            f"model has {cfg.n_features} features, scaler {scaler.n_features}, names {len(features)}"
+        )
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors["scaler.center"] = torch.from_numpy(np.ascontiguousarray(scaler.center, np.float32))
+    tensors["scaler.scale"] = torch.from_numpy(np.ascontiguousarray(scaler.scale, np.float32))
+    tensors["train_scores"] = torch.from_numpy(np.ascontiguousarray(train_scores, np.float64))
+    digest = tensors_sha256(tensors)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": model.kind,
+        "model_config": dataclasses.asdict(cfg),
+        "features": list(features),
+        "window": int(getattr(cfg, "window", 1)),
+        "latent_dim": int(cfg.latent_dim),
+        "name": name or model.kind,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data_sha256": data_sha256,
+        "n_train": int(n_train),
+        "scaler": {"method": SCALER_METHOD, "clip": float(scaler.clip)},
+        "versions": library_versions(),
+        "train_config": train_config,
+        "tensors_sha256": digest,
+    }
+    meta_json = json.dumps(meta, sort_keys=True)
+    blob = safetensors_save(tensors, metadata={METADATA_KEY: meta_json})
+    _atomic_write(Path(path), blob)
+    return checkpoint_version(digest, meta_json)
+
+
+def _atomic_write(path: Path, blob: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # persist the rename itself; not possible on every OS
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Parse the safetensors file -> (tensors on cpu, metadata JSON); any parse error is refused."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except Exception as e:  # safetensors raises its own error types, OSError and others
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from e
+    if METADATA_KEY not in header:
+        raise CheckpointError(
+            f"{path}: no {METADATA_KEY!r} metadata; not an ae-streamer checkpoint"
+        )
+    return tensors, header[METADATA_KEY]
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> Scorer:
+    """Verify and load a checkpoint into a Scorer on `device` ("auto" | "cpu" | "cuda")."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    tensors, meta_json = _read(path)
+    try:
+        meta = json.loads(meta_json)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: metadata is not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or (missing := [k for k in _REQUIRED if k not in meta]):
+        raise CheckpointError(
+            f"{path}: metadata lacks required keys {missing if meta else _REQUIRED}"
+        )
+    if meta["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format version {meta['format_version']!r} unsupported (expected {FORMAT_VERSION})"
+        )
+    if meta["kind"] not in KINDS:
+        raise CheckpointError(
+            f"{path}: unknown model kind {meta['kind']!r}; known: {sorted(KINDS)}"
+        )
+    digest = tensors_sha256(tensors)
+    if digest != meta["tensors_sha256"]:
+        raise CheckpointError(
+            f"{path}: tensor bytes do not match their recorded sha256 (modified or corrupt)"
+        )
+
+    config_cls, model_cls = KINDS[meta["kind"]]
+    try:
+        cfg_args = dict(meta["model_config"])
+        for k, v in cfg_args.items():  # JSON turns tuples into lists
+            if isinstance(v, list):
+                cfg_args[k] = tuple(v)
+        with torch.device("meta"):  # no random init: it would be overwritten, and draws global RNG
+            model = model_cls(config_cls(**cfg_args))
+        if len(meta["features"]) != model.config.n_features:
+            raise ValueError(
+                f"{len(meta['features'])} feature names for {model.config.n_features} inputs"
+            )
+        state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        model.load_state_dict(state, strict=True, assign=True)
+        scaler = RobustScaler(
+            tensors["scaler.center"].numpy(),
+            tensors["scaler.scale"].numpy(),
+            float(meta["scaler"]["clip"]),
+        )
+        train_scores = tensors["train_scores"].numpy()
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: checkpoint content does not fit its metadata ({e})") from e
+    return Scorer(
+        model,
+        scaler,
+        features=meta["features"],
+        name=meta["name"],
+        version=checkpoint_version(digest, meta_json),
+        train_scores=train_scores,
+        device=device,
+        metadata=meta,
+    )

@@ -1,0 +1,85 @@
+"""1-D convolutional autoencoder over windows of consecutive events of one entity.
+
+Input is a window x (B, W, F) that ends at the event being scored. Convolutions with "same"
+padding keep the length W, and a linear bottleneck maps (C, W) to the latent code and back, so
+shapes round-trip exactly for any window >= 4 without stride arithmetic.
+
+Score of an event = mean over features of the squared error of the LAST time step of its window,
+i.e. the event itself reconstructed in the context of the W-1 events before it. The per-feature
+error is that step's squared error (B, F). Training reconstructs the whole window.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+MIN_WINDOW = 4
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    n_features: int
+    window: int = 32
+    channels: tuple[int, ...] = (32, 32)  # encoder conv widths; the decoder mirrors them
+    latent_dim: int = 8
+    kernel_size: int = 3
+
+    def __post_init__(self) -> None:
+        if self.n_features < 1:
+            raise ValueError(f"n_features must be >= 1, got {self.n_features}")
+        if self.window < MIN_WINDOW:
+            raise ValueError(f"window must be >= {MIN_WINDOW}, got {self.window}")
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if not self.channels or any(c < 1 for c in self.channels):
+            raise ValueError(f"channels must be non-empty and >= 1, got {self.channels}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
+
+
+def conv_stack(sizes: list[int], kernel_size: int, last_act: bool) -> nn.Sequential:
+    """Length-preserving Conv1d layers with ReLU between them (and after the last if last_act)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Conv1d(a, b, kernel_size, padding=kernel_size // 2))
+        if last_act or i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class ConvAutoencoder(nn.Module):
+    kind = "conv"
+
+    def __init__(self, config: ConvConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, w, k = config.channels, config.window, config.kernel_size
+        self.enc_conv = conv_stack([config.n_features, *c], k, last_act=True)
+        self.enc_fc = nn.Linear(c[-1] * w, config.latent_dim)
+        self.dec_fc = nn.Linear(config.latent_dim, c[-1] * w)
+        self.dec_conv = conv_stack([*c[::-1], config.n_features], k, last_act=False)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.enc_conv(x.transpose(1, 2))  # (B, W, F) -> (B, F, W) -> (B, C, W)
+        return self.enc_fc(h.flatten(1))  # (B, C*W) -> (B, L)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.dec_fc(z))  # (B, L) -> (B, C*W)
+        h = h.view(z.shape[0], self.config.channels[-1], self.config.window)  # (B, C, W)
+        return self.dec_conv(h).transpose(1, 2)  # (B, F, W) -> (B, W, F)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))  # (B, W, F) -> (B, W, F)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent code used by `Scorer.encode`: (B, W, F) -> (B, L)."""
+        return self.encode(x)
+
+    def anomaly_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled windows x (B, W, F) -> (score (B,), last-step squared error (B, F))."""
+        err = (x[:, -1] - self(x)[:, -1]).square_()  # (B, F)
+        return err.mean(dim=1), err

@@ -1,0 +1,117 @@
+"""Scorer: the one object `streamer/` uses to turn raw feature batches into anomaly scores.
+
+It holds a trained model, the scaler learnt with it and the checkpoint's identity (name, version,
+features, window). The model stays on one device for the Scorer's lifetime; `score` scales,
+runs one forward pass under `torch.inference_mode()` and returns numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.errors import ModelError
+from models.kinds import AnyModel
+from models.scaling import RobustScaler
+from models.vae import VAE
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Map 'auto' to cuda when available else cpu; 'cuda' without a GPU is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = torch.device("meta")  # refused just below with a clear message
+    if dev.type not in ("cpu", "cuda"):
+        raise ModelError(f"unsupported device {device!r}: use 'auto', 'cpu' or 'cuda'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but torch sees no CUDA device")
+    return dev
+
+
+class Scorer:
+    """A trained model plus its scaler and metadata, ready to score raw batches.
+
+    score(x): x raw float32 (B, F) when window == 1, (B, W, F) for conv (window ends at the event)
+    -> (score (B,) float64, per-feature error (B, F) float32, in scaled units).
+    """
+
+    def __init__(
+        self,
+        model: AnyModel,
+        scaler: RobustScaler,
+        *,
+        features: Sequence[str],
+        name: str,
+        version: str,
+        train_scores: np.ndarray,
+        device: str | torch.device = "cpu",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        cfg = model.config
+        if len(features) != cfg.n_features or scaler.n_features != cfg.n_features:
+            raise ModelError(
+                f"model has {cfg.n_features} features, scaler {scaler.n_features}, names {len(features)}"
+            )
+        self.kind: str = model.kind
+        self.name = name
+        self.version = version
+        self.features: tuple[str, ...] = tuple(features)
+        self.window: int = getattr(cfg, "window", 1)
+        self.latent_dim: int = cfg.latent_dim
+        self.train_scores = np.asarray(train_scores, dtype=np.float64)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.scaler = scaler
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self._center = torch.from_numpy(scaler.center).to(self.device)  # (F,)
+        self._scale = torch.from_numpy(scaler.scale).to(self.device)  # (F,)
+        self._clip = float(scaler.clip)
+        self._in_shape = (cfg.n_features,) if self.window == 1 else (self.window, cfg.n_features)
+
+    def __repr__(self) -> str:
+        return (
+            f"Scorer(kind={self.kind!r}, name={self.name!r}, version={self.version!r}, "
+            f"features={len(self.features)}, window={self.window}, device={self.device})"
+        )
+
+    def _scaled(self, x: np.ndarray) -> torch.Tensor:
+        """Raw numpy batch -> scaled, clipped tensor on the model's device."""
+        x = np.asarray(x)
+        if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
+            x = np.array(x, dtype=np.float32, order="C")  # from_numpy needs an owned float32 buffer
+        if x.shape[1:] != self._in_shape:
+            raise ModelError(
+                f"{self.kind} scorer expects (B, {self._in_shape}) input, got {x.shape}"
+            )
+        t = torch.from_numpy(x).to(self.device, non_blocking=True)
+        return ((t - self._center) / self._scale).clamp_(-self._clip, self._clip)
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw x -> (score (B,) float64, per-feature error (B, F) float32); one pass, no grad."""
+        with torch.inference_mode():
+            score, err = self.model.anomaly_score(self._scaled(x))
+            return score.to(torch.float64).cpu().numpy(), err.cpu().numpy()
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """Raw x (as for `score`) -> latent code (B, latent_dim) float32."""
+        with torch.inference_mode():
+            return self.model.embed(self._scaled(x)).cpu().numpy()
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """VAE only: n synthetic events (n, F) in raw units, z ~ N(0, I), x ~ N(decode(z), I)."""
+        if not isinstance(self.model, VAE):
+            raise ModelError(f"sample() needs a vae checkpoint, this one is {self.kind!r}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        with torch.inference_mode():
+            z = self.model.sample(n, gen)  # (n, F) scaled
+            return (z * self._scale + self._center).cpu().numpy()

@@ -1,0 +1,318 @@
+"""Training: fit a scaler and an autoencoder on normal data, early-stop, write a checkpoint.
+
+Steps of `train`:
+  1. split off validation data (dense/vae: random rows; conv: the last `val_fraction` of each
+     entity's rows, so no window straddles the split and validation is "the future");
+  2. learn the robust scaler on the training split only;
+  3. build the model with its init seeded inside a local `fork_rng` (global RNG untouched);
+  4. Adam over shuffled minibatches (shuffling and VAE noise from seeded torch.Generators),
+     early stopping on validation loss with `patience`, best weights restored;
+  5. score the validation (held-back normal) data -> `train_scores` for threshold warm-up;
+  6. write the checkpoint atomically and `<out stem>.loss.png` beside it; reload it as the Scorer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.conv import ConvConfig
+from models.dense import DenseConfig
+from models.errors import ModelError
+from models.kinds import KINDS, AnyModel
+from models.scaling import RobustScaler
+from models.scorer import Scorer, resolve_device
+from models.vae import VAE, VAEConfig, kl_divergence
+
+_EVAL_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    kind: str = "dense"  # "dense" | "conv" | "vae"
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 1e-3
+    val_fraction: float = 0.2
+    patience: int = 5  # epochs without a better validation loss before stopping
+    seed: int = 0
+    window: int = 32  # conv only
+    latent_dim: int | None = None  # None: chosen from n_features (and window)
+    hidden: tuple[int, ...] | None = None  # dense/vae layer widths, conv channels; None: from F
+    progress: bool = True
+    name: str | None = None
+    vae_samples: int = 1  # z samples per event in the VAE's training ELBO
+    weight_decay: float = 0.0
+    device: str = "cpu"  # "auto" | "cpu" | "cuda"; also the device of the returned Scorer
+    max_train_scores: int = 20_000
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {sorted(KINDS)}, got {self.kind!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.vae_samples < 1:
+            raise ValueError("epochs, batch_size, patience and vae_samples must be >= 1")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError(
+                f"need lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}"
+            )
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.latent_dim is not None and self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if self.max_train_scores < 1:
+            raise ValueError(f"max_train_scores must be >= 1, got {self.max_train_scores}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    path: Path
+    history: list[dict[str, float]]  # one {"epoch", "train_loss", "val_loss"} per epoch run
+    best_epoch: int  # 1-based epoch whose weights were kept
+    scorer: Scorer  # loaded back from `path`
+
+
+def _round8(n: int) -> int:
+    return 8 * math.ceil(n / 8)
+
+
+def model_config(config: TrainConfig, n_features: int) -> DenseConfig | ConvConfig | VAEConfig:
+    """The model config for `config`, with sizes not given chosen from n_features (and window)."""
+    f = n_features
+    if config.kind == "conv":
+        latent = config.latent_dim or max(2, min(64, config.window * f // 8))
+        c = min(64, max(16, _round8(2 * f)))
+        return ConvConfig(f, config.window, config.hidden or (c, c), latent)
+    # a bottleneck narrower than the input, except for a single feature where none is possible
+    latent = config.latent_dim or (max(1, min(max(2, f // 4), f - 1)) if f > 1 else 1)
+    h1 = min(256, max(16, _round8(2 * f)))
+    hidden = config.hidden or (h1, max(latent, h1 // 2))
+    cls = VAEConfig if config.kind == "vae" else DenseConfig
+    return cls(f, hidden, latent)
+
+
+def data_sha256(data: np.ndarray, entities: np.ndarray | None) -> str:
+    h = hashlib.sha256(f"{data.dtype}|{data.shape}|".encode())
+    h.update(np.ascontiguousarray(data).tobytes())
+    if entities is not None:
+        h.update(np.asarray(entities).astype(str).tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Split:
+    """Training and validation samples as start-row indices into one (N, F) array."""
+
+    raw: np.ndarray  # (N, F) float32, rows grouped by entity for conv
+    train: np.ndarray  # (n_train,) int64 start rows
+    val: np.ndarray  # (n_val,) int64 start rows
+    window: int  # 1: a sample is one row; else W consecutive rows
+
+    def take(self, x: np.ndarray | torch.Tensor, starts: Any) -> Any:
+        """Samples at `starts` from rows x: (B, F), or (B, W, F) windows."""
+        if self.window == 1:
+            return x[starts]
+        offsets = (
+            np.arange(self.window)
+            if isinstance(x, np.ndarray)
+            else torch.arange(self.window, device=x.device)
+        )
+        return x[starts[:, None] + offsets]
+
+
+def _split(
+    data: np.ndarray, entities: np.ndarray | None, config: TrainConfig, gen: torch.Generator
+) -> tuple[_Split, np.ndarray]:
+    """Return the split and a boolean mask of the rows the scaler may learn from."""
+    n = data.shape[0]
+    if config.kind != "conv":
+        n_val = round(n * config.val_fraction)
+        if n_val < 1 or n - n_val < 1:
+            raise ValueError(f"{n} rows are too few for val_fraction={config.val_fraction}")
+        perm = torch.randperm(n, generator=gen).numpy()
+        val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        mask = np.zeros(n, dtype=bool)
+        mask[tr] = True
+        return _Split(data, tr, val, 1), mask
+
+    w = config.window
+    if entities is None:
+        order, bounds = np.arange(n), np.array([0, n])
+    else:
+        order = np.argsort(entities, kind="stable")  # group by entity, keep time order within
+        _, first = np.unique(entities[order], return_index=True)
+        bounds = np.append(first, n)
+    raw = data[order]
+    mask = np.zeros(n, dtype=bool)
+    tr_starts, val_starts = [], []
+    for a, b in itertools.pairwise(bounds):
+        if b - a < w:
+            raise ValueError(f"window={w} is longer than an entity's {b - a} rows")
+        cut = b - round((b - a) * config.val_fraction)  # rows [a, cut) train, [cut, b) validate
+        mask[a:cut] = True
+        tr_starts.append(np.arange(a, cut - w + 1))
+        val_starts.append(np.arange(cut, b - w + 1))
+    tr, val = np.concatenate(tr_starts), np.concatenate(val_starts)
+    if len(tr) == 0 or len(val) == 0:
+        raise ValueError(
+            f"window={w} leaves no {'training' if len(tr) == 0 else 'validation'} windows; "
+            "use more rows, a shorter window or another val_fraction"
+        )
+    return _Split(raw, tr, val, w), mask
+
+
+def _loss(
+    model: AnyModel, x: torch.Tensor, samples: int, gen: torch.Generator | None
+) -> torch.Tensor:
+    """Mean training objective of a batch; VAE: negative ELBO, with z = mu when gen is None."""
+    if isinstance(model, VAE):
+        mu, logvar = model.encode(x)  # (B, L)
+        draws = 1 if gen is None else samples
+        recon = x.new_zeros(x.shape[0])  # (B,)
+        for _ in range(draws):
+            z = mu if gen is None else model.reparameterize(mu, logvar, gen)
+            recon = recon + 0.5 * (x - model.decode(z)).square().sum(dim=1)
+        return (recon / draws + kl_divergence(mu, logvar)).mean()
+    return (x - model(x)).square().mean()  # (B, F) or (B, W, F)
+
+
+def _evaluate(model: AnyModel, split: _Split, rows: torch.Tensor, samples: int) -> float:
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(split.val), _EVAL_CHUNK):
+            idx = torch.from_numpy(split.val[i : i + _EVAL_CHUNK]).to(rows.device)
+            xb = split.take(rows, idx)
+            total += _loss(model, xb, samples, None).item() * len(idx)
+    return total / len(split.val)
+
+
+def save_loss_curve(history: list[dict[str, float]], best_epoch: int, path: Path) -> None:
+    """Train/validation loss per epoch as a PNG (Agg canvas; pyplot's global state untouched)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def train(
+    data: np.ndarray,
+    features: Sequence[str],
+    config: TrainConfig,
+    out: str | Path,
+    entities: np.ndarray | None = None,
+) -> TrainResult:
+    """Train `config.kind` on normal data (N, F) and write the checkpoint to `out`."""
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if data.ndim != 2:
+        raise ValueError(f"data must be (N, F), got shape {data.shape}")
+    if len(features) != data.shape[1] or len(set(features)) != len(features):
+        raise ValueError(f"need {data.shape[1]} distinct feature names, got {list(features)}")
+    if not np.isfinite(data).all():
+        raise ValueError("training data contains NaN or inf")
+    if entities is not None:
+        entities = np.asarray(entities)
+        if entities.shape != (data.shape[0],):
+            raise ValueError(f"entities must be ({data.shape[0]},), got {entities.shape}")
+    out = Path(out)
+    device = resolve_device(config.device)
+    gen = torch.Generator().manual_seed(config.seed)  # shuffling (cpu)
+    noise = torch.Generator(device=device).manual_seed(config.seed + 1)  # VAE reparameterisation
+
+    split, fit_rows = _split(data, entities, config, gen)
+    scaler = RobustScaler.fit(split.raw[fit_rows])
+    rows = torch.from_numpy(scaler.transform(split.raw)).to(device)  # (N, F) scaled
+    cfg = model_config(config, data.shape[1])
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)  # nn init draws from the global RNG; forked, so not leaked
+        model: AnyModel = KINDS[config.kind][1](cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    history: list[dict[str, float]] = []
+    best_val, best_epoch, best_state, stale = math.inf, 0, None, 0
+    bar = tqdm(
+        range(1, config.epochs + 1), desc=f"train {config.kind}", disable=not config.progress
+    )
+    for epoch in bar:
+        model.train()
+        total = 0.0
+        perm = split.train[torch.randperm(len(split.train), generator=gen).numpy()]
+        for i in range(0, len(perm), config.batch_size):
+            idx = torch.from_numpy(perm[i : i + config.batch_size]).to(device)
+            loss = _loss(model, split.take(rows, idx), config.vae_samples, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        train_loss = total / len(perm)
+        val_loss = _evaluate(model, split, rows, config.vae_samples)
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        if val_loss < best_val:
+            best_val, best_epoch, stale = val_loss, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}", best=best_epoch)
+        if stale >= config.patience:
+            break
+    bar.close()
+    if best_state is None:
+        raise ModelError("validation loss was never finite; check the data and lr")
+    model.load_state_dict(best_state)
+
+    # Scores of held-back normal data, through the same path as serving.
+    scorer = Scorer(
+        model,
+        scaler,
+        features=features,
+        name="",
+        version="",
+        train_scores=np.empty(0),
+        device=device,
+    )
+    val = split.val
+    if len(val) > config.max_train_scores:
+        pick = torch.randperm(len(val), generator=gen)[: config.max_train_scores].numpy()
+        val = np.sort(val[pick])
+    train_scores = np.concatenate(
+        [
+            scorer.score(split.take(split.raw, val[i : i + _EVAL_CHUNK]))[0]
+            for i in range(0, len(val), _EVAL_CHUNK)
+        ]
+    )
+
+    save_checkpoint(
+        out,
+        model,
+        scaler,
+        features=features,
+        train_scores=train_scores,
+        name=config.name,
+        data_sha256=data_sha256(data, entities),
+        n_train=int(fit_rows.sum()),
+        train_config=dataclasses.asdict(config),
+    )
+    save_loss_curve(history, best_epoch, out.parent / f"{out.stem}.loss.png")
+    return TrainResult(out, history, best_epoch, load_checkpoint(out, device=config.device))
