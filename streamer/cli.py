@@ -91,6 +91,14 @@ def _settings_from(args: argparse.Namespace) -> Any:
     return load_settings(getattr(args, "config", None), overrides)
 
 
+def set_torch_threads(n: int) -> None:
+    """Process-wide torch threading, set once at an entry point (0 keeps torch's default)."""
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from models import load_checkpoint
     from streamer.broker import create_topics
@@ -99,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args)
     configure_logging(settings.log.level, settings.log.format)
+    set_torch_threads(settings.model.torch_threads)
     device = settings.model.device
     scorer = load_checkpoint(settings.model.path, device=device)
     if args.create_topics:

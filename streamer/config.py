@@ -121,6 +121,9 @@ class ModelSettings(_Section):
     path: Path = Path("model.safetensors")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     reload_interval_s: float = Field(default=5.0, ge=0.0, description="0 disables hot reload")
+    # One intra-op thread: the loop is single-threaded Python, and a second torch thread spinning beside
+    # librdkafka's threads costs more than it gives on small CPU batches. 0 = torch's default.
+    torch_threads: int = Field(default=1, ge=0, le=256)
 
 
 class EventSettings(_Section):

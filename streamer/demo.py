@@ -49,6 +49,7 @@ def _say(config: DemoConfig, text: str) -> None:
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     from models import TrainConfig, load_checkpoint, train
     from streamer.broker import EmbeddedBroker
+    from streamer.cli import set_torch_threads
     from streamer.config import load_settings
     from streamer.kafka_io import read_topic
     from streamer.logs import configure_logging
@@ -56,6 +57,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from streamer.simulate import SimConfig, generate, produce
 
     configure_logging("WARNING")
+    set_torch_threads(1)
     sim = SimConfig(
         seed=config.seed,
         anomaly_rate=config.anomaly_rate,
