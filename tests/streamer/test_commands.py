@@ -1,0 +1,171 @@
+"""The model commands as a user runs them: train from each file format, encode, sample."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from models import load_checkpoint
+from streamer.cli import main
+from streamer.simulate import SimConfig, normal_frame
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return normal_frame(3_000, SimConfig(seed=5))
+
+
+@pytest.fixture(scope="module")
+def csv_path(frame, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    x, features, entities = frame
+    path = tmp_path_factory.mktemp("data") / "normal.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sensor_id", *features])
+        writer.writerows(
+            [key, *row] for key, row in zip(entities.tolist(), x.tolist(), strict=True)
+        )
+    return path
+
+
+def train(data: Path, out: Path, *extra: str) -> dict:
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--epochs",
+                "3",
+                "--no-progress",
+                *extra,
+            ]
+        )
+        == 0
+    )
+    return (
+        orjson.loads(out.with_suffix(".json").read_bytes())
+        if out.with_suffix(".json").exists()
+        else {}
+    )
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv", "vae"])
+def test_train_each_kind_from_csv(kind: str, csv_path: Path, frame, tmp_path: Path) -> None:
+    out = tmp_path / f"{kind}.safetensors"
+    train(
+        csv_path,
+        out,
+        "--model",
+        kind,
+        "--entity-column",
+        "sensor_id",
+        "--window",
+        "8",
+        "--name",
+        f"my-{kind}",
+    )
+    scorer = load_checkpoint(out)
+    assert scorer.kind == kind and scorer.name == f"my-{kind}"
+    assert list(scorer.features) == frame[1]  # every numeric column, the entity column left out
+    assert (tmp_path / f"{kind}.loss.png").stat().st_size > 1_000
+    assert scorer.train_scores.size > 0
+
+
+def test_train_from_jsonl_and_npz_with_chosen_features(frame, tmp_path: Path) -> None:
+    x, features, _ = frame
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_bytes(
+        b"".join(
+            orjson.dumps(dict(zip(features, row, strict=True))) + b"\n" for row in x[:500].tolist()
+        )
+    )
+    train(jsonl, tmp_path / "j.safetensors", "--features", "rpm,current")
+    assert load_checkpoint(tmp_path / "j.safetensors").features == ("rpm", "current")
+    npz = tmp_path / "data.npz"
+    np.savez(npz, train=x[:500])
+    train(npz, tmp_path / "n.safetensors")
+    assert len(load_checkpoint(tmp_path / "n.safetensors").features) == x.shape[1]
+
+
+def test_encode_to_npy_and_csv(csv_path: Path, frame, tmp_path: Path) -> None:
+    ckpt = tmp_path / "d.safetensors"
+    train(csv_path, ckpt, "--latent-dim", "3")
+    assert (
+        main(
+            [
+                "encode",
+                "--model",
+                str(ckpt),
+                "--data",
+                str(csv_path),
+                "--out",
+                str(tmp_path / "z.npy"),
+            ]
+        )
+        == 0
+    )
+    z = np.load(tmp_path / "z.npy", allow_pickle=False)
+    assert z.shape == (len(frame[0]), 3) and np.isfinite(z).all()
+    assert (
+        main(
+            [
+                "encode",
+                "--model",
+                str(ckpt),
+                "--data",
+                str(csv_path),
+                "--out",
+                str(tmp_path / "z.csv"),
+            ]
+        )
+        == 0
+    )
+    rows = list(csv.reader((tmp_path / "z.csv").open()))
+    assert rows[0] == ["row", "z0", "z1", "z2"] and len(rows) == len(frame[0]) + 1
+    np.testing.assert_allclose(np.array(rows[1:], dtype=float)[:, 1:], z, rtol=1e-6)
+
+
+def test_sample_writes_events_in_original_units(csv_path: Path, frame, tmp_path: Path) -> None:
+    ckpt = tmp_path / "v.safetensors"
+    train(csv_path, ckpt, "--model", "vae")
+    out = tmp_path / "synthetic.jsonl"
+    assert (
+        main(["sample", "--model", str(ckpt), "-n", "200", "--out", str(out), "--seed", "3"]) == 0
+    )
+    rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert len(rows) == 200 and set(rows[0]) == set(frame[1])
+    rpm = np.array([r["rpm"] for r in rows])
+    assert (
+        abs(rpm.mean() - frame[0][:, frame[1].index("rpm")].mean())
+        < frame[0][:, frame[1].index("rpm")].std()
+    )
+    again = tmp_path / "again.jsonl"
+    main(["sample", "--model", str(ckpt), "-n", "200", "--out", str(again), "--seed", "3"])
+    assert again.read_bytes() == out.read_bytes()  # the seed makes it reproducible
+
+
+def test_sample_needs_a_vae_and_says_so(
+    csv_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "d.safetensors"
+    train(csv_path, ckpt)
+    assert (
+        main(["sample", "--model", str(ckpt), "-n", "5", "--out", str(tmp_path / "s.jsonl")]) == 2
+    )
+    assert "vae" in capsys.readouterr().err
+
+
+def test_bad_checkpoint_is_refused_by_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04\x95not a checkpoint")
+    assert main(["run", "--model", str(bad), "--bootstrap", "127.0.0.1:9"]) == 2
+    assert "bad.safetensors" in capsys.readouterr().err
