@@ -25,6 +25,14 @@ settings.register_profile(
 )
 settings.load_profile("ci")
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    # As `streamer run` does (model.torch_threads): on 2 cores a second intra-op thread only spins.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _names = itertools.count()
 

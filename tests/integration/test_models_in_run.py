@@ -33,7 +33,7 @@ def test_run_with_each_model_kind(kind: str, kit, normal, tmp_path: Path) -> Non
     train(
         x,
         features,
-        TrainConfig(kind=kind, epochs=25, window=16, seed=0, progress=False),
+        TrainConfig(kind=kind, epochs=12, window=16, seed=0, progress=False),
         ckpt,
         entities=entities,
     )
