@@ -58,3 +58,20 @@ def test_config_validates(bad: dict[str, object]) -> None:
     args: dict[str, object] = {"n_features": 2, "window": 8, **bad}
     with pytest.raises(ValueError):
         ConvConfig(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("window", "kernel", "channels"), [(4, 3, (8, 8)), (8, 5, (8,)), (33, 3, (8, 4, 8))]
+)
+def test_last_step_decoding_equals_full_decoding(
+    window: int, kernel: int, channels: tuple[int, ...]
+) -> None:
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        m = ConvAutoencoder(
+            ConvConfig(
+                n_features=3, window=window, channels=channels, latent_dim=4, kernel_size=kernel
+            )
+        )
+    z = torch.randn(5, 4)
+    torch.testing.assert_close(m.decode_last(z), m.decode(z)[:, -1], rtol=1e-5, atol=1e-6)
