@@ -38,12 +38,19 @@ class MicroBatcher(Generic[T]):
         self.pending: list[T] = []
 
     def next_batch(self, idle_timeout_s: float, limit: int | None = None) -> list[T]:
-        """Wait up to ``idle_timeout_s`` for a first event, then fill the batch; [] when nothing came."""
+        """Wait up to ``idle_timeout_s`` for a first event, then fill the batch; [] when nothing came.
+
+        A fetch blocks until it has ``count`` items or its timeout passes (librdkafka's ``consume``
+        does), so the wait for the first event asks for one item: the batch's clock starts when the
+        first event arrives, not when a full batch could have.
+        """
         bound = self.max_events if limit is None else min(self.max_events, limit)
         if bound < 1:
             return []
         self.pending = []
-        self.pending.extend(self._take(bound, idle_timeout_s))
+        self.pending.extend(self._take(bound, 0.0))  # what is already buffered, without waiting
+        if not self.pending:
+            self.pending.extend(self._take(1, idle_timeout_s))
         if self.pending:
             deadline = self._clock() + self.max_wait_s
             while len(self.pending) < bound and not self._stopping():

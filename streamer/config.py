@@ -102,7 +102,7 @@ class BatchSettings(_Section):
     """A micro-batch closes at ``max_events`` events or ``max_wait_ms`` after its first event."""
 
     max_events: int = Field(default=5_000, ge=1, le=1_000_000)
-    max_wait_ms: int = Field(default=50, ge=0, le=60_000)
+    max_wait_ms: int = Field(default=5, ge=0, le=60_000)
 
 
 class ThresholdSettings(_Section):

@@ -32,22 +32,41 @@ class EntityWindows:
         return len(self._history)
 
     def windows(self, x: np.ndarray, entities: Sequence[Hashable]) -> np.ndarray:
-        """x (B, F) rows in arrival order -> (B, W, F): for each row, the window of its entity ending at it."""
-        n, w = len(x), self.window
+        """x (B, F) rows in arrival order -> (B, W, F): for each row, the window of its entity ending at it.
+
+        Vectorised over the batch: rows are grouped by entity with one stable sort, each entity's
+        history and rows are laid end to end in one array, and every window is a slice of that
+        array's sliding-window view. Python code runs once per distinct entity, not once per row.
+        """
+        n, w, f = len(x), self.window, self.n_features
         if len(entities) != n:
             raise ValueError(f"{len(entities)} entities for {n} rows")
-        out = np.empty((n, w, self.n_features), dtype=np.float32)
-        groups: dict[Hashable, list[int]] = {}
-        for i, entity in enumerate(entities):
-            groups.setdefault(entity, []).append(i)
-        for entity, index in groups.items():
-            rows = x[index]  # (k, F)
+        if n == 0:
+            return np.empty((0, w, f), dtype=np.float32)
+        code_of = {entity: i for i, entity in enumerate(dict.fromkeys(entities))}
+        codes = np.fromiter(map(code_of.__getitem__, entities), dtype=np.intp, count=n)
+        g = len(code_of)
+        order = np.argsort(codes, kind="stable")  # rows grouped by entity, arrival order within
+        counts = np.bincount(codes, minlength=g)  # (G,)
+        first = np.cumsum(counts) - counts  # (G,) where each entity starts in `order`
+        rows = x[order]  # (B, F) grouped
+        seg = counts + (w - 1)  # history then rows, per entity
+        base = np.cumsum(seg) - seg  # (G,) where each entity's segment starts in `seq`
+        seq = np.empty((int(seg.sum()), f), dtype=np.float32)
+        hist_pos = base[:, None] + np.arange(w - 1)  # (G, W-1)
+        for i, entity in enumerate(code_of):
             past = self._history.pop(entity, None)
-            if past is None:
-                past = np.repeat(rows[:1], w - 1, axis=0)  # pad with the entity's first event
-            seq = np.concatenate([past, rows])  # (w - 1 + k, F)
-            out[index] = sliding_window_view(seq, (w, self.n_features))[:, 0]
-            self._history[entity] = seq[-(w - 1) :].copy()
+            # An entity's first window is padded with its first event.
+            seq[hist_pos[i]] = rows[first[i]] if past is None else past
+        grouped_codes = codes[order]
+        row_pos = base[grouped_codes] + (w - 1) + (np.arange(n) - first[grouped_codes])  # (B,)
+        seq[row_pos] = rows
+        end_of = np.empty(n, dtype=np.intp)
+        end_of[order] = row_pos  # (B,) where each row, in arrival order, sits in `seq`
+        out = sliding_window_view(seq, (w, f))[end_of - (w - 1), 0]  # one gather: (B, W, F)
+        history = seq[(base + seg)[:, None] - (w - 1) + np.arange(w - 1)]  # (G, W-1, F)
+        for i, entity in enumerate(code_of):
+            self._history[entity] = history[i].copy()  # a copy: a view would pin the batch
         while len(self._history) > self.max_entities:
             self._history.popitem(last=False)
         return out

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,7 +26,7 @@ from streamer.alerts import (
     to_json,
 )
 from streamer.config import EventSettings, ThresholdSettings
-from streamer.decode import DecodedBatch, Decoder
+from streamer.decode import DecodedBatch, Decoder, concat
 from streamer.features import EntityWindows
 from streamer.threshold import QuantileThreshold
 
@@ -41,6 +42,23 @@ class ScorerLike(Protocol):
     train_scores: np.ndarray
 
     def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class PendingScores(Protocol):
+    """Scores being computed on a device; ``result`` waits for them."""
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _async_submit(scorer: ScorerLike) -> Callable[[np.ndarray], PendingScores] | None:
+    """The scorer's ``submit`` when it has one and runs on an accelerator, else None.
+
+    ``submit(x)`` starts scoring (copy to the device, forward pass, copy back) and returns at once; on a
+    CPU there is nothing to overlap with, so CPU scorers are always called synchronously.
+    """
+    submit = getattr(scorer, "submit", None)
+    device = getattr(getattr(scorer, "device", None), "type", "cpu")
+    return submit if callable(submit) and device != "cpu" else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +88,14 @@ class BatchResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
+_PLAIN_KEYS = frozenset({str, int})  # key field values used as they are (bool is not one)
+
+
+def _shifted(origin: Callable[[int], Message], start: int) -> Callable[[int], Message]:
+    """``origin`` for a chunk of a batch that begins at message ``start``."""
+    return lambda i: origin(start + i)
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -84,7 +110,14 @@ class Pipeline:
         events: EventSettings,
         *,
         now: Callable[[], datetime] = _utc_now,
+        overlap_chunk: int = 2_048,
     ) -> None:
+        """``overlap_chunk``: with a scorer that scores asynchronously on a GPU (``submit``), batches
+        are decoded and scored in chunks of this many messages, the next chunk decoded while the
+        device scores the current one."""
+        if overlap_chunk < 1:
+            raise ValueError(f"overlap_chunk must be positive, got {overlap_chunk}")
+        self.overlap_chunk = overlap_chunk
         self.threshold_settings = threshold
         self.events = events
         self._now = now
@@ -134,24 +167,12 @@ class Pipeline:
         windowed models, to learn each event's entity), so no per-message object is built on the hot path.
         """
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        decoded = self.decoder.decode(values)
-        t1 = time.perf_counter()
-        timings["decode"] = t1 - t0
-
-        x = decoded.x
-        if self._windows is not None and len(x):
-            x = self._windows.windows(x, self._entities(origin, decoded))
-        t2 = time.perf_counter()
-        timings["features"] = t2 - t1
-
-        if len(x):
-            scores, per_feature = self.scorer.score(x)
+        submit = _async_submit(self.scorer)
+        if submit is not None and len(values) > self.overlap_chunk:
+            decoded, scores, per_feature = self._overlapped(values, origin, submit, timings)
         else:
-            scores = np.empty(0, dtype=np.float64)
-            per_feature = np.empty((0, len(self.scorer.features)), dtype=np.float32)
+            decoded, scores, per_feature = self._in_one_pass(values, origin, timings)
         t3 = time.perf_counter()
-        timings["score"] = t3 - t2
 
         rejected = list(decoded.rejected)
         finite = np.isfinite(scores)
@@ -186,6 +207,74 @@ class Pipeline:
             timings=timings,
         )
 
+    def _model_input(self, decoded: DecodedBatch, origin: Callable[[int], Message]) -> np.ndarray:
+        """The rows themselves, or for a windowed model each row's entity window (B, W, F)."""
+        if self._windows is None or not len(decoded.x):
+            return decoded.x
+        return self._windows.windows(decoded.x, self._entities(origin, decoded))
+
+    def _no_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.empty(0, dtype=np.float64), np.empty(
+            (0, len(self.scorer.features)), dtype=np.float32
+        )
+
+    def _in_one_pass(
+        self,
+        values: Sequence[bytes | None],
+        origin: Callable[[int], Message],
+        timings: dict[str, float],
+    ) -> tuple[DecodedBatch, np.ndarray, np.ndarray]:
+        """Decode the whole batch, then one forward pass over it."""
+        t0 = time.perf_counter()
+        decoded = self.decoder.decode(values)
+        t1 = time.perf_counter()
+        x = self._model_input(decoded, origin)
+        t2 = time.perf_counter()
+        scores, per_feature = self.scorer.score(x) if len(x) else self._no_scores()
+        timings["decode"] = t1 - t0
+        timings["features"] = t2 - t1
+        timings["score"] = time.perf_counter() - t2
+        return decoded, scores, per_feature
+
+    def _overlapped(
+        self,
+        values: Sequence[bytes | None],
+        origin: Callable[[int], Message],
+        submit: Callable[[np.ndarray], PendingScores],
+        timings: dict[str, float],
+    ) -> tuple[DecodedBatch, np.ndarray, np.ndarray]:
+        """Chunk by chunk: while the device scores chunk k, the CPU decodes chunk k + 1.
+
+        Windows are built chunk after chunk in arrival order, so every event sees the same window as
+        in one pass. ``score`` counts only the time spent starting work and waiting for results.
+        """
+        decode_s = features_s = score_s = 0.0
+        parts: list[tuple[int, DecodedBatch]] = []
+        results: list[tuple[np.ndarray, np.ndarray]] = []
+        pending: PendingScores | None = None
+        for start in range(0, len(values), self.overlap_chunk):
+            t0 = time.perf_counter()
+            part = self.decoder.decode(values[start : start + self.overlap_chunk])
+            t1 = time.perf_counter()
+            x = self._model_input(part, _shifted(origin, start))
+            t2 = time.perf_counter()
+            if pending is not None:
+                results.append(pending.result())  # the previous chunk, scored while we decoded
+            pending = submit(x) if len(x) else None
+            if pending is None:
+                results.append(self._no_scores())
+            parts.append((start, part))
+            decode_s, features_s = decode_s + t1 - t0, features_s + t2 - t1
+            score_s += time.perf_counter() - t2
+        t3 = time.perf_counter()
+        if pending is not None:
+            results.append(pending.result())
+        timings["decode"], timings["features"] = decode_s, features_s
+        timings["score"] = score_s + time.perf_counter() - t3
+        scores = np.concatenate([s for s, _ in results])
+        per_feature = np.concatenate([e for _, e in results])
+        return concat(parts), scores, per_feature
+
     def _entity(
         self, origin: Callable[[int], Message], index: int, obj: dict[str, Any]
     ) -> Hashable:
@@ -198,6 +287,12 @@ class Pipeline:
         return origin(index).key
 
     def _entities(self, origin: Callable[[int], Message], decoded: DecodedBatch) -> list[Hashable]:
+        """Every row's entity, as ``_entity`` defines it; at C speed when every event has a str or int key."""
+        field_name = self.events.key_field
+        if field_name is not None:
+            keys = list(map(dict.get, decoded.objects, repeat(field_name)))
+            if set(map(type, keys)) <= _PLAIN_KEYS:
+                return keys
         return [
             self._entity(origin, i, obj)
             for i, obj in zip(decoded.valid.tolist(), decoded.objects, strict=True)
@@ -237,7 +332,7 @@ class Pipeline:
             contributions = [
                 FeatureContribution(
                     feature=features[f],
-                    value=float(decoded.x[j, f]),
+                    value=float(obj[features[f]]),  # as sent, not its float32 copy
                     error=float(errors[a, f]),
                     share=min(1.0, float(shares[a, f])),
                 )

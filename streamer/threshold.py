@@ -10,6 +10,8 @@ window makes a rolling quantile spiral down).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from river import stats
 
@@ -43,20 +45,30 @@ class QuantileThreshold:
         self._estimator: stats.Quantile | stats.RollingQuantile = (
             stats.RollingQuantile(q, window_size=window) if window else stats.Quantile(q)
         )
+        self._update, self._estimate = _methods(self._estimator)
         self.n_seen = 0
         if initial_scores is not None and len(initial_scores):
             seed = np.asarray(initial_scores, dtype=np.float64)
             if window:
                 seed = seed[-window:]
             for s in seed.tolist():
-                self._estimator.update(s)
+                self._update(s)
             self.n_seen = len(seed)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        del state["_update"], state["_estimate"]  # bound methods of the estimator: rebuilt on load
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._update, self._estimate = _methods(self._estimator)
 
     def get(self) -> float:
         """The current threshold; +inf until enough scores have been seen."""
         if self.n_seen < _MIN_OBSERVATIONS:
             return float("inf")
-        value = self._estimator.get()
+        value = self._estimate()
         return float("inf") if value is None else float(value)
 
     def decide(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,24 +78,44 @@ class QuantileThreshold:
         ``update_on_alert`` is off), exactly as if the events had arrived one by one.
         """
         values = np.asarray(scores, dtype=np.float64).tolist()
-        thresholds = np.empty(len(values), dtype=np.float64)
-        alerts = np.zeros(len(values), dtype=bool)
-        est, update_on_alert = self._estimator, self.update_on_alert
+        thresholds: list[float] = []
+        alerts: list[bool] = []
+        record, flag = thresholds.append, alerts.append
+        update, estimate = self._update, self._estimate
+        update_on_alert = self.update_on_alert
         n_seen = self.n_seen
         current = self.get()
-        for i, s in enumerate(values):
-            thresholds[i] = current
+        for s in values:
+            record(current)
             alert = s > current
-            if alert:
-                alerts[i] = True
-                if not update_on_alert:
-                    # Enter the threshold itself, not the score: the exceedance is still counted (the
-                    # estimate does not sink as the tail is cut off), yet it cannot lift the bar.
-                    s = current
-            est.update(s)
+            flag(alert)
+            if alert and not update_on_alert:
+                # Enter the threshold itself, not the score: the exceedance is still counted (the
+                # estimate does not sink as the tail is cut off), yet it cannot lift the bar.
+                s = current
+            update(s)
             n_seen += 1
             if n_seen >= _MIN_OBSERVATIONS:
-                got = est.get()
+                got = estimate()
                 current = float("inf") if got is None else got
         self.n_seen = n_seen
-        return thresholds, alerts
+        return np.array(thresholds, dtype=np.float64), np.array(alerts, dtype=bool)
+
+
+def _methods(
+    estimator: stats.Quantile | stats.RollingQuantile,
+) -> tuple[Callable[[float], None], Callable[[], float | None]]:
+    """``update`` and ``get`` of the estimator, straight from River's Rust core when it has one.
+
+    ``decide`` calls both once per event; the Python wrappers add only a call frame and an "updated
+    yet" flag, which this class replaces with ``n_seen`` (the estimate is read only after updates).
+    The public methods are the fallback should a River release rename the core.
+    """
+    core = getattr(estimator, "_quantile", None) or getattr(estimator, "_rolling_quantile", None)
+    if (
+        core is not None
+        and callable(getattr(core, "update", None))
+        and callable(getattr(core, "get", None))
+    ):
+        return core.update, core.get
+    return estimator.update, estimator.get
