@@ -1,0 +1,407 @@
+"""``streamer evaluate``: the protocol (train part only, production replay, no labels), inputs, outputs, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from streamer import evaluate
+from streamer.baselines import PCAScorer, lag_windows
+from streamer.config import BatchSettings, ThresholdSettings
+from streamer.dedup import DEFAULT_COOLDOWN, AlertCooldown
+from streamer.errors import DataError
+from streamer.evaluate import (
+    DetectorSpec,
+    Series,
+    evaluate_series,
+    fit_detector,
+    load_series,
+    replay,
+    resolve_kinds,
+    score_decisions,
+    write_decisions,
+)
+from streamer.nab import probation_rows
+from streamer.suites import format_suite, run_suite, suite_files
+from streamer.threshold import QuantileThreshold
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+FAST = DetectorSpec(window=16, epochs=8, patience=3, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Training on a shared 2-core box is many times faster with one thread (see evaluate --threads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def sine_series(seed: int = 0, n_train: int = 3000, n_test: int = 3000) -> Series:
+    """A noisy daily-like cycle; the test part carries six labelled anomalies of four kinds.
+
+    Spikes, level shifts, a stuck sensor and a noise burst: each leaves the cycle's shape, so a model
+    of the cycle that sees a window of it finds them, while a single value mostly stays in range.
+    """
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_train + n_test)
+    x = np.sin(2 * np.pi * t / 50) + 0.05 * rng.normal(size=len(t))
+    test = x[n_train:].copy()
+    labels = np.zeros(n_test, dtype=np.int8)
+    plan = [  # (where, as a fraction of the test part; length; kind)
+        (0.13, 1, "spike"),
+        (0.30, 25, "shift"),
+        (0.47, 30, "stuck"),
+        (0.63, 1, "spike"),
+        (0.77, 25, "noise"),
+        (0.90, 25, "shift"),
+    ]
+    for where, length, kind in plan:
+        start = int(where * n_test)
+        span = slice(start, start + length)
+        if kind == "spike":
+            test[span] += 1.5
+        elif kind == "shift":
+            test[span] += 0.8
+        elif kind == "stuck":
+            test[span] = test[start]
+        else:
+            test[span] += 0.5 * rng.normal(size=length)
+        labels[span] = 1
+    return Series(
+        name="sine",
+        features=("value",),
+        train=x[:n_train, None].astype(np.float32),
+        test=test[:, None].astype(np.float32),
+        labels=labels,
+    )
+
+
+# ----------------------------------------------------------------------------------- the protocol
+
+
+def test_conv_finds_the_generated_anomalies_with_the_expected_quality() -> None:
+    series = sine_series()
+    results = {
+        r.kind: r
+        for r in evaluate_series(series, ["conv", "pca"], FAST, ThresholdSettings(), cooldown=0)
+    }
+    conv = results["conv"].metrics
+    assert conv["range_recall"] >= 5 / 6  # at least five of the six anomalies alerted
+    assert conv["precision"] >= 0.5
+    assert conv["f1"] >= 0.4  # point-wise: a stuck value that crosses the cycle looks normal there
+    assert conv["false_alarms_per_1k"] <= 15
+    assert conv["auprc"] >= 0.3  # the labelled rate is 3.6%: chance AUPRC is 0.036
+    assert conv["mean_delay"] <= 3
+    assert results["conv"].window == 16
+    # the lag-window PCA baseline ran under the same protocol and found anomalies too
+    assert results["pca"].window == 16
+    assert results["pca"].metrics["range_recall"] >= 0.5
+
+
+def test_replay_is_the_production_path_exactly(tmp_path: Path) -> None:
+    """Scores equal the scorer's on lag windows; thresholds and alerts equal a fresh threshold's."""
+    series = sine_series(n_train=1500, n_test=700)
+    scorer = fit_detector("pca", series, FAST, tmp_path)
+    settings = ThresholdSettings(q=0.99)
+    d = replay(scorer, series.test, threshold=settings, batch=BatchSettings(max_events=64))
+    expected, _ = scorer.score(lag_windows(series.test, scorer.window))
+    np.testing.assert_allclose(d.scores, expected, rtol=1e-12)
+    t = QuantileThreshold(settings.q, initial_scores=scorer.train_scores)
+    thresholds, exceeds = t.decide(expected)
+    np.testing.assert_array_equal(d.thresholds, thresholds)
+    np.testing.assert_array_equal(d.exceeds, exceeds)  # the pipeline's per-event decisions
+    published = AlertCooldown(DEFAULT_COOLDOWN).apply(exceeds, ["series"] * len(exceeds))
+    np.testing.assert_array_equal(d.alerts, published)  # then de-duplicated per key
+    assert 0 < d.alerts.sum() < d.exceeds.sum()
+    assert d.dead_lettered == 0
+
+
+def test_micro_batch_size_does_not_change_any_decision(tmp_path: Path) -> None:
+    series = sine_series(n_train=1500, n_test=700)
+    scorer = fit_detector("conv", series, FAST, tmp_path)
+    big = replay(scorer, series.test, threshold=ThresholdSettings(), batch=BatchSettings())
+    small = replay(
+        scorer, series.test, threshold=ThresholdSettings(), batch=BatchSettings(max_events=7)
+    )
+    np.testing.assert_allclose(small.scores, big.scores, rtol=1e-6)
+    np.testing.assert_array_equal(small.alerts, big.alerts)
+
+
+def test_no_test_label_reaches_any_decision() -> None:
+    series = sine_series(n_train=1500, n_test=700)
+    shuffled = Series(
+        series.name,
+        series.features,
+        series.train,
+        series.test,
+        np.random.default_rng(1).permutation(series.labels),
+    )
+    a = evaluate_series(series, ["pca", "hst"], FAST, ThresholdSettings(), keep_decisions=True)
+    b = evaluate_series(shuffled, ["pca", "hst"], FAST, ThresholdSettings(), keep_decisions=True)
+    for ra, rb in zip(a, b, strict=True):
+        assert ra.decisions is not None and rb.decisions is not None
+        np.testing.assert_array_equal(ra.decisions.scores, rb.decisions.scores)
+        np.testing.assert_array_equal(ra.decisions.alerts, rb.decisions.alerts)
+    assert a[0].metrics["f1"] != b[0].metrics["f1"]  # the labels do change the verdict
+
+
+def test_decisions_file_has_one_row_per_test_row(tmp_path: Path) -> None:
+    series = sine_series(n_train=1500, n_test=700)
+    scorer = PCAScorer(series.features, window=16).fit(series.train)
+    d = replay(scorer, series.test, threshold=ThresholdSettings(q=0.99))
+    out = tmp_path / "sub" / "decisions.csv"
+    write_decisions(out, d)
+    with out.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["row", "score", "threshold", "alert"]
+    body = rows[1:]
+    assert len(body) == len(series.test)
+    assert [int(r[0]) for r in body] == list(range(len(series.test)))
+    assert {r[3] for r in body} <= {"0", "1"}
+    assert sum(int(r[3]) for r in body) == int(d.alerts.sum())
+    np.testing.assert_allclose([float(r[1]) for r in body], d.scores)
+
+
+def test_cooldown_deduplicates_alerts_per_key() -> None:
+    c = AlertCooldown(3)
+    alerts = np.array([1, 1, 1, 1, 1, 0, 0, 1, 1], dtype=bool)
+    keys = ["a", "b", "a", "b", "a", "a", "a", "a", "b"]
+    # a: rows 0 (alert), 2, 4, 5 quiet (3 events), 6, 7 alert; b: rows 1 (alert), 3, 8 quiet
+    assert c.apply(alerts, keys).astype(int).tolist() == [1, 1, 0, 0, 0, 0, 0, 1, 0]
+    assert AlertCooldown(0).apply(alerts, keys).tolist() == alerts.tolist()
+    with pytest.raises(ValueError):
+        AlertCooldown(-1)
+
+
+def test_point_metrics_judge_events_and_range_metrics_judge_published_alerts() -> None:
+    labels = np.array([0, 0, 1, 1, 1, 1, 0, 0, 0, 0], dtype=np.int8)
+    series = Series(
+        "hand", ("v",), np.zeros((5, 1), np.float32), np.zeros((10, 1), np.float32), labels
+    )
+    exceeds = np.array([0, 1, 1, 1, 1, 0, 0, 1, 1, 0], dtype=bool)
+    alerts = np.array([0, 1, 0, 0, 0, 0, 0, 1, 0, 0], dtype=bool)  # a cooldown of 3 events
+    m = score_decisions(
+        series, evaluate.Decisions(np.arange(10.0), np.full(10, 5.0), alerts, exceeds)
+    )
+    # events: TP rows 2-4, FP rows 1, 7, 8, FN row 5
+    assert (m["precision"], m["recall"]) == pytest.approx((3 / 6, 3 / 4))
+    assert m["n_exceeding"] == 6 and m["n_alerts"] == 2
+    # published: the window (2, 5) got no alert of its own; rows 1 and 7 are false alarms
+    assert m["range_recall"] == 0.0
+    assert m["false_alarms_per_1k"] == pytest.approx(200.0)
+    assert m["f1_oracle"] == pytest.approx(
+        2 * 4 / (2 * 4 + 4)
+    )  # best cut: score >= 2 flags rows 2-9
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def write_csv(path: Path, header: list[str], rows: Sequence[Sequence[object]]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_csv_with_label_column_and_train_fraction(tmp_path: Path) -> None:
+    rows = [[i, float(i % 7), float(i % 3), int(i in (50, 51))] for i in range(100)]
+    path = write_csv(tmp_path / "d.csv", ["t", "a", "b", "label"], rows)
+    s = load_series(path, train_fraction=0.4, label_column="label", features=["a", "b"])
+    assert s.features == ("a", "b")
+    assert (len(s.train), len(s.test)) == (40, 60)
+    assert s.labels.sum() == 2 and s.labels[10] == 1  # row 50 is test row 10
+    with pytest.raises(DataError, match="--train"):
+        load_series(path, label_column="label")
+    with pytest.raises(DataError, match="one of"):
+        load_series(path, train_fraction=0.5)
+
+
+def test_csv_with_separate_train_file_and_a_labels_file(tmp_path: Path) -> None:
+    train = write_csv(tmp_path / "train.csv", ["a", "b"], [[1.0, 2.0]] * 20)
+    test = write_csv(tmp_path / "test.csv", ["a", "b"], [[1.0, 2.0]] * 5)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("label\n0\n0\n1\n0\n0\n")
+    s = load_series(test, train=train, labels=labels)
+    assert (len(s.train), len(s.test)) == (20, 5)
+    assert s.labels.tolist() == [0, 0, 1, 0, 0]
+    labels.write_text("0\n1\n")
+    with pytest.raises(DataError, match="2 labels for 5 rows"):
+        load_series(test, train=train, labels=labels)
+
+
+def test_npz_carries_train_test_and_labels(tmp_path: Path) -> None:
+    path = tmp_path / "c.npz"
+    np.savez(
+        path,
+        train=np.zeros((30, 3)),
+        test=np.ones((10, 3)),
+        label=np.array([0] * 9 + [1], dtype=np.uint8),
+    )
+    s = load_series(path)
+    assert s.name == "c" and s.features == ("f0", "f1", "f2")
+    assert (len(s.train), len(s.test), int(s.labels.sum())) == (30, 10, 1)
+
+
+def nab_files(tmp_path: Path, n: int = 400) -> tuple[Path, Path]:
+    """A tiny NAB checkout: data/<category>/<name>.csv and labels/combined_windows.json."""
+    folder = tmp_path / "nab" / "data" / "realTest"
+    folder.mkdir(parents=True)
+    start = np.datetime64("2024-01-01T00:00:00")
+    times = [str(start + np.timedelta64(5 * i, "m")).replace("T", " ") for i in range(n)]
+    values = (10 + np.sin(np.arange(n) / 5)).round(4).tolist()
+    values[300] = 40.0
+    csv_path = write_csv(
+        folder / "s.csv", ["timestamp", "value"], [list(r) for r in zip(times, values, strict=True)]
+    )
+    labels = tmp_path / "nab" / "labels" / "combined_windows.json"
+    labels.parent.mkdir(parents=True)
+    labels.write_text(json.dumps({"realTest/s.csv": [[times[290], times[310]]]}))
+    return csv_path, labels
+
+
+def test_nab_series_trains_on_its_probationary_period(tmp_path: Path) -> None:
+    csv_path, labels = nab_files(tmp_path)
+    s = load_series(csv_path, labels=labels)
+    p = probation_rows(400)
+    assert s.offset == p == 60
+    assert (len(s.train), len(s.test)) == (p, 400 - p)
+    assert s.nab_windows == [(290, 310)]
+    assert s.labels.sum() == 21 and s.labels[290 - p] == 1
+    with pytest.raises(DataError, match="probationary"):
+        load_series(csv_path, labels=labels, train_fraction=0.5)
+    # NAB scoring covers the whole series; the training rows are the probation and never alert
+    first = np.arange(len(s.test)) == 290 - p  # an alert on the window's first row
+    decisions = evaluate.Decisions(
+        scores=np.zeros(len(s.test)), thresholds=np.ones(len(s.test)), alerts=first, exceeds=first
+    )
+    m = score_decisions(s, decisions)
+    assert m["nab_score"] == pytest.approx(100.0)
+    assert m["range_recall"] == 1.0 and m["mean_delay"] == 0.0
+
+
+# --------------------------------------------------------------------------------------- the CLI
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="streamer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    evaluate.register(sub)
+    args = parser.parse_args(["evaluate", *argv])
+    return int(args.func(args))
+
+
+def test_cli_single_series_writes_json_decisions_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    series = sine_series(n_train=800, n_test=400)
+    rows = [[float(v), int(y)] for v, y in zip(series.test[:, 0], series.labels, strict=True)]
+    train_rows = [[float(v), 0] for v in series.train[:, 0]]
+    data = write_csv(tmp_path / "s.csv", ["value", "label"], train_rows + rows)
+    out = tmp_path / "d.csv"
+    png = tmp_path / "p.png"
+    code = run_cli(
+        "--model", "pca", "--test", str(data), "--train-fraction", "0.6667",
+        "--label-column", "label", "--window", "16", "--json",
+        "--decisions-out", str(out), "--plot", str(png), "--q", "0.99",
+    )  # fmt: skip
+    assert code == 0
+    payload = orjson.loads(capsys.readouterr().out)
+    assert [d["kind"] for d in payload["detectors"]] == ["pca", "hst"]
+    assert payload["n_test"] == 400 and payload["settings"]["threshold"]["q"] == 0.99
+    assert {"f1", "precision", "recall", "auprc", "roc_auc", "range_recall"} <= set(
+        payload["detectors"][0]
+    )
+    assert sum(1 for _ in out.open()) == 1 + 400
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_refuses_bad_combinations(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        run_cli("--model", "lstm", "--test", "x.csv")
+    from streamer.errors import StreamerError
+
+    with pytest.raises(StreamerError, match="--test"):
+        run_cli("--model", "pca")
+    with pytest.raises(StreamerError, match="invalid setting"):
+        run_cli("--test", "x.csv", "--q", "1.5")
+
+
+def test_resolve_kinds_adds_baselines_once_and_expands_auto() -> None:
+    s = sine_series(n_train=200, n_test=400)
+    assert resolve_kinds(["auto"], s) == [evaluate.default_kind(s), "hst", "pca"]
+    assert resolve_kinds(["pca", "dense"], s) == ["pca", "dense", "hst"]
+    assert resolve_kinds(["all"], s, baselines=False) == list(evaluate.ALL_KINDS)
+
+
+# ------------------------------------------------------------------------------------------ suites
+
+
+def fake_asd(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "asd"
+    folder.mkdir(parents=True)
+    for i in (2, 10, 1):
+        base = rng.normal(size=(600, 1))
+        x = np.hstack([base, 2 * base, -base]) + 0.05 * rng.normal(size=(600, 3))
+        label = np.zeros(200, dtype=np.uint8)
+        test = x[400:].copy()
+        test[100:110, 1] += 3.0
+        label[100:110] = 1
+        np.savez(folder / f"omi-{i}.npz", train=x[:400], test=test, label=label)
+    return tmp_path / "data"
+
+
+def test_suite_runs_every_series_and_averages(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = fake_asd(tmp_path)
+    assert [p.stem for p in suite_files("asd", data)] == ["omi-1", "omi-2", "omi-10"]
+    result = run_suite("asd", data, ["pca", "hst"], FAST, ThresholdSettings(q=0.99), cooldown=0)
+    assert [s["series"] for s in result.series] == ["omi-1", "omi-2", "omi-10"]
+    mean = result.mean()
+    assert set(mean) == {"pca", "hst", "always-alert"} and mean["pca"]["n_series"] == 3
+    assert mean["always-alert"]["f1"] == pytest.approx(2 * 0.05 / 1.05)  # 10 of 200 rows labelled
+    f1s = [d["f1"] for s in result.series for d in s["detectors"] if d["kind"] == "pca"]
+    assert mean["pca"]["f1"] == pytest.approx(np.mean(f1s))
+    assert mean["pca"]["range_recall"] == 1.0
+    text = format_suite(result)
+    assert "omi-10" in text and "mean over 3 series" in text
+
+    code = run_cli(
+        "--suite", "asd", "--data-dir", str(data), "--model", "pca", "--max-series", "2", "--json"
+    )
+    assert code == 0
+    payload = orjson.loads(capsys.readouterr().out)
+    assert len(payload["series"]) == 2
+    assert set(payload["mean"]) == {"pca", "hst", "always-alert"}
+    assert payload["wall_s"] > 0
+
+
+def test_suite_needs_its_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="asd"):
+        suite_files("asd", tmp_path)
+
+
+@pytest.mark.data
+@pytest.mark.skipif(
+    not (SHARED_DATA / "asd").is_dir(), reason=f"shared ASD data absent at {SHARED_DATA}"
+)
+def test_real_asd_entity_with_pca_ranks_its_incidents_high() -> None:
+    series = load_series(SHARED_DATA / "asd" / "omi-8.npz")
+    assert (len(series.train), len(series.test), len(series.features)) == (8640, 4320, 19)
+    (pca,) = evaluate_series(series, ["pca"], FAST, ThresholdSettings())
+    assert pca.metrics["roc_auc"] > 0.85  # 0.90 when written; chance is 0.5
+    assert pca.metrics["f1"] > 0.3  # 0.37 when written; always alerting scores 0.08
