@@ -237,9 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_demo)
 
-    from streamer import latent
+    from streamer import bench, evaluate, latent
 
     latent.register(sub)
+    evaluate.register(sub)
+    bench.register(sub)
 
     p = sub.add_parser("schema", help="print the JSON schemas of alerts and dead letters")
     p.set_defaults(func=cmd_schema)
