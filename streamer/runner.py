@@ -39,7 +39,7 @@ from confluent_kafka import Message as KafkaMessage
 
 from streamer.batching import MicroBatcher
 from streamer.config import Settings
-from streamer.errors import DeliveryError, StreamerError
+from streamer.errors import ConfigError, DeliveryError, StreamerError
 from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
 from streamer.reload import ModelWatcher
 
@@ -142,12 +142,15 @@ class Detector:
         self._stop = threading.Event()
         self._delivery_errors: list[str] = []
         kafka = settings.kafka
-        self.consumer = Consumer(
-            {**kafka.consumer_config(), **(consumer_overrides or {}), "on_commit": self._on_commit}
-        )
+        try:
+            self.consumer = Consumer(
+                {**kafka.consumer_config(), **(consumer_overrides or {}), "on_commit": self._on_commit}
+            )
+            self.producer = Producer(kafka.producer_config())
+        except KafkaException as exc:  # librdkafka names the property, never a secret's value
+            raise ConfigError(f"Kafka client configuration rejected: {exc.args[0].str()}") from None
         self._assigned: set[tuple[str, int]] = set()
         self._first_input: float | None = None
-        self.producer = Producer(kafka.producer_config())
         self.batcher: MicroBatcher[KafkaMessage] = MicroBatcher(
             self._fetch,
             settings.batch.max_events,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from streamer.config import load_settings
@@ -94,3 +95,19 @@ def test_reserved_librdkafka_keys_cannot_be_overridden() -> None:
 def test_consumer_is_at_least_once() -> None:
     conf = load_settings().kafka.consumer_config()
     assert conf["enable.auto.commit"] is False and conf["enable.auto.offset.store"] is False
+
+
+def test_unknown_librdkafka_property_is_a_config_error_without_the_secret() -> None:
+    from streamer.runner import Detector
+
+    class Stub:
+        kind, name, version, features, window = "dense", "s", "v", ("a",), 1
+        train_scores = np.zeros(10)
+
+        def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return np.zeros(len(x)), np.zeros_like(x)
+
+    settings = load_settings(None, {"kafka": {"extra": {"no.such.property": "hunter2"}}})
+    with pytest.raises(ConfigError, match=r"no\.such\.property") as info:
+        Detector(settings, Stub())
+    assert "hunter2" not in str(info.value)
