@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -205,8 +206,8 @@ def load_settings(
 ) -> Settings:
     """Build the settings: defaults < TOML file < ``STREAMER_*`` environment < ``overrides`` (CLI flags).
 
-    Environment values win over the TOML file, so the file is applied as the lowest-priority source by
-    validating it first without the environment's help, then layering env and CLI on top.
+    The three are merged key by key first and validated once, so an error names the key wherever it came
+    from.
     """
     file_data = _read_toml(config_file) if config_file else {}
     cli = overrides or {}
@@ -223,39 +224,8 @@ def load_settings(
             f"invalid configuration:\n  unknown environment variable(s): {', '.join(unknown)}"
         )
     try:
-        env_only = _EnvOnly()
-        env_data = env_only.model_dump(exclude_unset=True)
-        merged = _deep_merge(_deep_merge(file_data, env_data), cli)
-        return _NoEnv(**merged)
+        env_data = EnvSettingsSource(Settings)()  # the environment alone, parsed but not validated
+        # model_validate checks the merged data without reading the environment a second time.
+        return Settings.model_validate(_deep_merge(_deep_merge(file_data, env_data), cli))
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
-
-
-class _EnvOnly(Settings):
-    """Reads only the environment, with nothing required, to learn which keys it sets."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings,)
-
-
-class _NoEnv(Settings):
-    """Validates already-merged data; the environment has been applied by load_settings."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
