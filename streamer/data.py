@@ -337,7 +337,11 @@ def load_nab_series(
         except (OSError, ValueError) as exc:
             raise DataError(f"{windows_json}: cannot read windows JSON ({exc})") from exc
     if name not in all_windows:
-        raise DataError(f"{windows_json}: no windows for {name!r}")
+        # A series copied out of NAB's folder layout is found by its file name, when that is unique.
+        matches = [k for k in all_windows if k.rsplit("/", 1)[-1] == csv_path.name]
+        if len(matches) != 1:
+            raise DataError(f"{windows_json}: no (unique) windows for {name!r}")
+        name = matches[0]
     table = load_table(csv_path, features=["value"], time_column="timestamp")
     ts = table.timestamps
     if ts is None or ts.dtype.kind != "M":

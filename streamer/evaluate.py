@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import tempfile
 import time
@@ -133,32 +132,12 @@ def _read_row_labels(path: Path, n: int) -> np.ndarray:
     return np.asarray(values, dtype=np.int8)
 
 
-def _nab_key(path: Path, windows: dict[str, Any]) -> str:
-    key = f"{path.parent.name}/{path.name}"
-    if key in windows:
-        return key
-    matches = [k for k in windows if k.rsplit("/", 1)[-1] == path.name]
-    if len(matches) != 1:
-        raise DataError(f"no (unique) windows for {path.name!r} in the labels JSON")
-    return matches[0]
-
-
 def load_nab(csv_path: str | Path, windows_json: str | Path | dict[str, Any]) -> Series:
     """A NAB series: its probationary period (NAB's first 15%, at most 750 rows) is the training part."""
     from streamer.data import load_nab_series
 
     csv_path = Path(csv_path)
-    if isinstance(windows_json, dict):
-        windows = windows_json
-    else:
-        try:
-            windows = json.loads(Path(windows_json).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{windows_json}: cannot read windows JSON ({exc})") from exc
-    key = _nab_key(csv_path, windows)
-    if key != f"{csv_path.parent.name}/{csv_path.name}":
-        windows = {f"{csv_path.parent.name}/{csv_path.name}": windows[key]}
-    nab = load_nab_series(csv_path, windows)
+    nab = load_nab_series(csv_path, windows_json)
     n = len(nab.values)
     p = probation_rows(n)
     if p < 2 or n - p < 1:

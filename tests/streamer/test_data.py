@@ -198,8 +198,19 @@ def test_nab_loader_on_fixture(tmp_path: Path) -> None:
 
 def test_nab_loader_unknown_file(tmp_path: Path) -> None:
     series_path, _ = nab_fixture(tmp_path)
-    with pytest.raises(DataError, match=r"no windows for 'realTest/tiny\.csv'"):
+    with pytest.raises(DataError, match=r"no \(unique\) windows for 'realTest/tiny\.csv'"):
         load_nab_series(series_path, {"realTest/other.csv": []})
+    with pytest.raises(DataError, match="no \\(unique\\) windows"):
+        load_nab_series(series_path, {"a/tiny.csv": [], "b/tiny.csv": []})
+
+
+def test_nab_loader_finds_a_copied_series_by_its_unique_file_name(tmp_path: Path) -> None:
+    series_path, windows = nab_fixture(tmp_path)
+    moved = {
+        f"elsewhere/{Path(k).name}": v for k, v in orjson.loads(Path(windows).read_bytes()).items()
+    }
+    series = load_nab_series(series_path, moved)
+    assert series.name == "elsewhere/tiny.csv" and series.windows
 
 
 @pytest.mark.data
