@@ -47,7 +47,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     patience: int = 5  # epochs without a better validation loss before stopping
     seed: int = 0
-    window: int = 32  # conv only
+    window: int = 16  # conv only
     latent_dim: int | None = None  # None: chosen from n_features (and window)
     hidden: tuple[int, ...] | None = None  # dense/vae layer widths, conv channels; None: from F
     progress: bool = True
@@ -91,7 +91,9 @@ def model_config(config: TrainConfig, n_features: int) -> DenseConfig | ConvConf
     f = n_features
     if config.kind == "conv":
         latent = config.latent_dim or max(2, min(64, config.window * f // 8))
-        c = min(64, max(16, _round8(2 * f)))
+        # Small on purpose: the conv encoder runs on every event's whole window, and at 16 channels and
+        # W = 16 it scores ~10x faster than at 32/32 on a CPU core (`streamer bench`), within 2x of dense.
+        c = min(32, max(16, _round8(f)))
         return ConvConfig(f, config.window, config.hidden or (c, c), latent)
     # a bottleneck narrower than the input, except for a single feature where none is possible
     latent = config.latent_dim or (max(1, min(max(2, f // 4), f - 1)) if f > 1 else 1)

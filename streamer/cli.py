@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", type=int, default=32, help="conv window length")
+    p.add_argument("--window", type=int, default=16, help="conv window length")
     p.add_argument("--latent-dim", type=int)
     p.add_argument("--entity-column", help="column/field holding the entity key (conv windows)")
     p.add_argument("--name", help="model name carried in alerts")

@@ -101,7 +101,7 @@ def make_scorer(
     workload: Workload,
     *,
     device: str = "cpu",
-    window: int = 32,
+    window: int = 16,
     seed: int = 0,
     train_rows: int = _TRAIN_SCORES,
 ) -> Scorer:
