@@ -16,24 +16,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.dense import mlp
+from models.dense import DenseConfig, mlp
 
 LOGVAR_BOUND = 12.0  # keeps exp(logvar) finite whatever the encoder emits
 
 
 @dataclass(frozen=True)
-class VAEConfig:
-    n_features: int
-    hidden: tuple[int, ...] = (64, 32)  # encoder widths; the decoder mirrors them
-    latent_dim: int = 4
+class VAEConfig(DenseConfig):
+    """The dense autoencoder's shape arguments; the encoder's last hidden layer feeds (mu, logvar)."""
 
     def __post_init__(self) -> None:
-        if self.n_features < 1:
-            raise ValueError(f"n_features must be >= 1, got {self.n_features}")
-        if self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden must be non-empty and >= 1, got {self.hidden}")
+        super().__post_init__()
+        if not self.hidden:
+            raise ValueError("a VAE needs at least one hidden layer before (mu, logvar)")
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

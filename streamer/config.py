@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
@@ -65,7 +64,10 @@ class KafkaSettings(_Section):
     def common_config(self) -> dict[str, Any]:
         """librdkafka properties shared by consumer, producer and admin client (secrets revealed here only)."""
         # Brokers close idle connections (connections.max.idle.ms); a reconnect is not worth a log line.
-        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "log.connection.close": False}
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "log.connection.close": False,
+        }
         optional = {
             "security.protocol": self.security_protocol,
             "sasl.mechanism": self.sasl_mechanism,
@@ -158,18 +160,6 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     log: LogSettings = Field(default_factory=LogSettings)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Init kwargs carry CLI flags merged over the TOML file (see load_settings); env sits between.
-        return (init_settings, env_settings)
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
