@@ -37,6 +37,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
+from models.cuda import Precision
 from models.errors import CheckpointError
 from models.kinds import KINDS, AnyModel
 from models.scaling import RobustScaler
@@ -159,8 +160,17 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     return tensors, header[METADATA_KEY]
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> Scorer:
-    """Verify and load a checkpoint into a Scorer on `device` ("auto" | "cpu" | "cuda")."""
+def load_checkpoint(
+    path: str | Path,
+    device: str = "cpu",
+    *,
+    precision: Precision = "fp32",
+    cuda_graph: bool = False,
+) -> Scorer:
+    """Verify and load a checkpoint into a Scorer on `device` ("auto" | "cpu" | "cuda").
+
+    ``precision`` and ``cuda_graph`` are the Scorer's GPU options (see ``models.cuda``); a CPU ignores them.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -218,4 +228,6 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Scorer:
         train_scores=train_scores,
         device=device,
         metadata=meta,
+        precision=precision,
+        cuda_graph=cuda_graph,
     )

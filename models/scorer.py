@@ -8,13 +8,16 @@ runs one forward pass under `torch.inference_mode()` and returns numpy arrays.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from models.errors import ModelError
 from models.kinds import AnyModel
+
+if TYPE_CHECKING:
+    from models.cuda import CudaPending, CudaRunner, Precision
 from models.scaling import RobustScaler
 from models.vae import VAE
 
@@ -41,6 +44,11 @@ class Scorer:
 
     score(x): x raw float32 (B, F) when window == 1, (B, W, F) for conv (window ends at the event)
     -> (score (B,) float64, per-feature error (B, F) float32, in scaled units).
+
+    On a CUDA device scoring goes through ``models.cuda.CudaRunner`` (pinned buffers, a side stream,
+    optional fp16 and CUDA graphs): ``submit(x)`` queues a batch and returns a handle whose ``result()``
+    waits for it, and ``score(x)`` is ``submit(x).result()``. ``precision`` and ``cuda_graph`` apply
+    on CUDA only; on a CPU the model always runs in float32, eagerly.
     """
 
     def __init__(
@@ -54,6 +62,8 @@ class Scorer:
         train_scores: np.ndarray,
         device: str | torch.device = "cpu",
         metadata: dict[str, Any] | None = None,
+        precision: Precision = "fp32",
+        cuda_graph: bool = False,
     ) -> None:
         cfg = model.config
         if len(features) != cfg.n_features or scaler.n_features != cfg.n_features:
@@ -75,6 +85,19 @@ class Scorer:
         self._scale = torch.from_numpy(scaler.scale).to(self.device)  # (F,)
         self._clip = float(scaler.clip)
         self._in_shape = (cfg.n_features,) if self.window == 1 else (self.window, cfg.n_features)
+        self._cuda: CudaRunner | None = None
+        if self.device.type == "cuda":
+            from models.cuda import CudaRunner
+
+            self._cuda = CudaRunner(
+                self.model,
+                self._center,
+                self._scale,
+                self._clip,
+                self._in_shape,
+                precision=precision,
+                cuda_graph=cuda_graph,
+            )
 
     def __repr__(self) -> str:
         return (
@@ -82,8 +105,8 @@ class Scorer:
             f"features={len(self.features)}, window={self.window}, device={self.device})"
         )
 
-    def _scaled(self, x: np.ndarray) -> torch.Tensor:
-        """Raw numpy batch -> scaled, clipped tensor on the model's device."""
+    def _checked(self, x: np.ndarray) -> np.ndarray:
+        """x as an owned, C-contiguous float32 array of this model's input shape."""
         x = np.asarray(x)
         if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
             x = np.array(x, dtype=np.float32, order="C")  # from_numpy needs an owned float32 buffer
@@ -91,14 +114,34 @@ class Scorer:
             raise ModelError(
                 f"{self.kind} scorer expects (B, {self._in_shape}) input, got {x.shape}"
             )
-        t = torch.from_numpy(x).to(self.device, non_blocking=True)
+        return x
+
+    def _scaled(self, x: np.ndarray) -> torch.Tensor:
+        """Raw numpy batch -> scaled, clipped tensor on the model's device."""
+        t = torch.from_numpy(self._checked(x)).to(self.device, non_blocking=True)
         return ((t - self._center) / self._scale).clamp_(-self._clip, self._clip)
+
+    @property
+    def gpu_options(self) -> dict[str, Any] | None:
+        """On CUDA: the precision and whether CUDA graphs are on (and why not, if capture failed)."""
+        if self._cuda is None:
+            return None
+        c = self._cuda
+        return {"precision": c.precision, "cuda_graph": c.cuda_graph, "graph_error": c.graph_error}
+
+    def submit(self, x: np.ndarray) -> CudaPending:
+        """CUDA only: queue raw x for scoring and return at once; ``.result()`` is ``score(x)``."""
+        if self._cuda is None:
+            raise ModelError("submit() needs a scorer on a CUDA device; call score() on a CPU")
+        return self._cuda.submit(self._checked(x))
 
     def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw x -> (score (B,) float64, per-feature error (B, F) float32); one pass, no grad."""
+        if self._cuda is not None:
+            return self.submit(x).result()
         with torch.inference_mode():
             score, err = self.model.anomaly_score(self._scaled(x))
-            return score.to(torch.float64).cpu().numpy(), err.cpu().numpy()
+            return score.to(torch.float64).numpy(), err.numpy()
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Raw x (as for `score`) -> latent code (B, latent_dim) float32."""

@@ -13,8 +13,8 @@ For each feature count F the same generated events (``streamer.workload``) go th
    and 90 % of the backlog was done. Right after the drain, a child process offers events at a fixed
    rate for ``seconds`` (the soak), stamping each with its send time, and times every alert from that
    stamp to the alert's arrival at its consumer;
-4. with ``--device cuda``: scoring on the GPU per model kind and batch size, the share of the
-   host-to-device copy, and the forward pass in fp32, fp16 autocast and as a captured CUDA graph.
+4. with ``--device cuda``: ``Scorer.score`` on the GPU per model kind and batch size in fp32 and fp16,
+   eager and as a captured CUDA graph, the share of the host-to-device copy, and the bare forward pass.
 
 Stage times (consume, decode, features, score, threshold, alerts, produce, commit) come from the
 pipeline's and the detector's own accounting. Memory is the resident set size of this process, which
@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from itertools import cycle
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,8 @@ class BenchConfig:
     """What to measure; ``quick`` shrinks everything to a smoke run of a few seconds."""
 
     device: str = "cpu"
+    precision: str = "fp32"  # GPU only, as model.precision
+    cuda_graph: bool = True  # GPU only, as model.cuda_graph
     model: str = "dense"
     features: tuple[int, ...] = (16, 38)
     seconds: float = 20.0  # the soak: events offered at `rate` through the broker
@@ -78,6 +81,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {self.precision!r}")
         if self.model not in KINDS:
             raise ValueError(f"model must be one of {KINDS}, got {self.model!r}")
         if not self.features or any(f < 1 for f in self.features):
@@ -693,26 +698,46 @@ def _run_detector(
 # -------------------------------------------------------------------------------------------- GPU
 
 
+GPU_MODES = {
+    "fp32": ("fp32", False),
+    "fp32_graph": ("fp32", True),
+    "fp16": ("fp16", False),
+    "fp16_graph": ("fp16", True),
+}
+
+
 def measure_gpu(
     workload: Workload, config: BenchConfig, batches: Sequence[int] = GPU_BATCHES
 ) -> dict[str, Any]:
-    """Per model kind and batch size: Scorer.score throughput on the GPU, the host-to-device copy's
-    share of it (pageable and pinned), and the bare forward pass as fp32, fp16 autocast and a CUDA graph."""
+    """Per model kind and batch size: ``Scorer.score`` throughput on the GPU in each mode (fp32 or fp16,
+    eager or CUDA graph; raw numpy in, numpy out), the host-to-device copy's share of the fp32 time
+    (pageable and pinned), and the bare forward pass on a batch already on the device (the scoring
+    stage alone)."""
 
     out: dict[str, Any] = {}
     rng = np.random.default_rng(config.seed)
     for kind in KINDS:
-        scorer = make_scorer(
-            kind, workload, device="cuda", seed=config.seed, train_rows=config.train_rows
-        )
+        scorers = {
+            mode: make_scorer(
+                kind,
+                workload,
+                device="cuda",
+                seed=config.seed,
+                train_rows=config.train_rows,
+                precision=precision,
+                cuda_graph=graph,
+            )
+            for mode, (precision, graph) in GPU_MODES.items()
+        }
         rows: dict[str, Any] = {}
         for b in batches:
             idx = rng.integers(0, len(workload.normal), b)
             x = workload.normal[idx]  # (B, F)
-            if scorer.window > 1:
-                x = np.repeat(x[:, None, :], scorer.window, axis=1)  # (B, W, F)
+            if scorers["fp32"].window > 1:
+                x = np.repeat(x[:, None, :], scorers["fp32"].window, axis=1)  # (B, W, F)
+            # a GPU call takes micro- to milliseconds: a quarter of pass_s is thousands of calls
             x = np.ascontiguousarray(x, dtype=np.float32)
-            rows[str(b)] = _gpu_row(scorer, x, scorer.device, config.pass_s)
+            rows[str(b)] = _gpu_row(scorers, x, config.pass_s / 4)
         out[kind] = rows
     return out
 
@@ -735,63 +760,35 @@ def _cuda_ms(fn: Callable[[], Any], min_s: float) -> float:
                 return elapsed / n * 1000
 
 
-def _gpu_row(scorer: Scorer, x: np.ndarray, device: Any, min_s: float) -> dict[str, Any]:
+def _gpu_row(scorers: dict[str, Scorer], x: np.ndarray, min_s: float) -> dict[str, Any]:
     import torch
 
     b = len(x)
-    score_ms = _cuda_ms(lambda: scorer.score(x), min_s)
+    base = scorers["fp32"]
+    device = base.device
+    row: dict[str, Any] = {}
+    score_ms: dict[str, float] = {}
+    for mode, scorer in scorers.items():
+        score_ms[mode] = _cuda_ms(partial(scorer.score, x), min_s)
+        row[f"score_{mode}_events_per_s"] = round(b / score_ms[mode] * 1000)
+        options = scorer.gpu_options or {}
+        if options.get("graph_error"):
+            row[f"score_{mode}_graph_error"] = options["graph_error"]
     host = torch.from_numpy(x)
     pinned = host.pin_memory()
     pageable_ms = _cuda_ms(lambda: host.to(device), min_s / 2)
     pinned_ms = _cuda_ms(lambda: pinned.to(device, non_blocking=True), min_s / 2)
-    scaler = scorer.scaler
+    row["h2d_share_pageable"] = round(pageable_ms / score_ms["fp32"], 3)
+    row["h2d_share_pinned"] = round(pinned_ms / score_ms["fp32"], 3)
+    scaler = base.scaler
     center = torch.from_numpy(scaler.center).to(device)
     scale = torch.from_numpy(scaler.scale).to(device)
-    xs = ((pinned.to(device) - center) / scale).clamp_(-scaler.clip, scaler.clip)
-    model = scorer.model
-    row: dict[str, Any] = {
-        "score_events_per_s": round(b / score_ms * 1000),
-        "h2d_share_pageable": round(pageable_ms / score_ms, 3),
-        "h2d_share_pinned": round(pinned_ms / score_ms, 3),
-    }
     with torch.inference_mode():
+        xs = ((pinned.to(device) - center) / scale).clamp_(-scaler.clip, scaler.clip)
         row["forward_fp32_events_per_s"] = round(
-            b / _cuda_ms(lambda: model.anomaly_score(xs), min_s / 2) * 1000
+            b / _cuda_ms(lambda: base.model.anomaly_score(xs), min_s / 2) * 1000
         )
-
-        def half() -> Any:
-            with torch.autocast("cuda", dtype=torch.float16):
-                return model.anomaly_score(xs)
-
-        row["forward_fp16_events_per_s"] = round(b / _cuda_ms(half, min_s / 2) * 1000)
-    try:
-        row["forward_cuda_graph_events_per_s"] = round(b / _graph_ms(model, xs, min_s / 2) * 1000)
-    except Exception as exc:  # a model that cannot be captured is reported, not fatal
-        row["forward_cuda_graph_error"] = str(exc)[:200]
     return row
-
-
-def _graph_ms(model: Any, xs: Any, min_s: float) -> float:
-    """Milliseconds per replay of the forward pass captured as a CUDA graph for this batch shape."""
-    import torch
-
-    static = xs.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.inference_mode():
-        with torch.cuda.stream(stream):
-            for _ in range(3):  # warm-up on a side stream, as capture requires
-                model.anomaly_score(static)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            model.anomaly_score(static)
-
-    def replay() -> None:
-        static.copy_(xs, non_blocking=True)
-        graph.replay()
-
-    return _cuda_ms(replay, min_s)
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -820,7 +817,13 @@ def run_bench(
         workload = make_workload(config.events, n_features, seed=config.seed)
         scorers = {
             k: make_scorer(
-                k, workload, device=config.device, seed=config.seed, train_rows=config.train_rows
+                k,
+                workload,
+                device=config.device,
+                seed=config.seed,
+                train_rows=config.train_rows,
+                precision=config.precision,
+                cuda_graph=config.cuda_graph,
             )
             for k in KINDS
         }
@@ -953,20 +956,20 @@ def format_report(result: dict[str, Any]) -> str:
         if "gpu" in fig:
             lines += [
                 "",
-                "GPU scoring (events/s; h2d = host-to-device copy / Scorer.score time):",
+                "GPU scoring, Scorer.score from numpy to numpy (events/s; h2d = host-to-device copy"
+                " / fp32 score time; fwd = bare fp32 forward on a batch already on the GPU):",
                 "",
             ]
             lines += [
-                "| model | batch | score | h2d pageable | h2d pinned | fwd fp32 | fwd fp16 | fwd graph |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- |",
+                "| model | batch | fp32 | fp32 graph | fp16 | fp16 graph | h2d pageable | h2d pinned | fwd |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             ]
             for kind, rows in fig["gpu"].items():
                 for batch, r in rows.items():
+                    modes = " | ".join(_k(r.get(f"score_{m}_events_per_s")) for m in GPU_MODES)
                     lines.append(
-                        f"| {kind} | {batch} | {_k(r['score_events_per_s'])} | {r['h2d_share_pageable']} | "
-                        f"{r['h2d_share_pinned']} | {_k(r['forward_fp32_events_per_s'])} | "
-                        f"{_k(r['forward_fp16_events_per_s'])} | "
-                        f"{_k(r.get('forward_cuda_graph_events_per_s'))} |"
+                        f"| {kind} | {batch} | {modes} | {r['h2d_share_pageable']} | "
+                        f"{r['h2d_share_pinned']} | {_k(r['forward_fp32_events_per_s'])} |"
                     )
         if b and b["errors"]:
             lines += ["", f"Errors: {b['errors']}"]
@@ -994,6 +997,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure throughput, latency and memory, side by side")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default=None,
+        help="GPU forward pass (default fp32)",
+    )
+    p.add_argument(
+        "--no-cuda-graph",
+        dest="cuda_graph",
+        action="store_false",
+        default=None,
+        help="GPU: run the forward pass eagerly instead of replaying captured CUDA graphs",
+    )
     p.add_argument(
         "--model", choices=list(KINDS), default="dense", help="model for the headline figures"
     )
@@ -1037,6 +1053,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def config_from(args: argparse.Namespace) -> BenchConfig:
     given = {
         "device": args.device,
+        "precision": args.precision,
+        "cuda_graph": args.cuda_graph,
         "model": args.model,
         "features": args.features,
         "seconds": args.seconds,

@@ -6,12 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from models.errors import ModelError
 from streamer.errors import StreamerError
+
+if TYPE_CHECKING:
+    from models import Scorer
 
 
 def _csv_list(value: str) -> list[str]:
@@ -108,8 +111,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
     configure_logging(settings.log.level, settings.log.format)
     set_torch_threads(settings.model.torch_threads)
-    device = settings.model.device
-    scorer = load_checkpoint(settings.model.path, device=device)
+    m = settings.model
+
+    def load(path: Path) -> Scorer:
+        return load_checkpoint(
+            path, device=m.device, precision=m.precision, cuda_graph=m.cuda_graph
+        )
+
+    scorer = load(m.path)
     if args.create_topics:
         kafka = settings.kafka
         outputs = [
@@ -118,9 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             *([kafka.scores_topic] if kafka.scores_topic else []),
         ]
         create_topics(kafka.common_config(), [*kafka.input_topics, *outputs])
-    detector = Detector(
-        settings, scorer, load_scorer=lambda path: load_checkpoint(path, device=device)
-    )
+    detector = Detector(settings, scorer, load_scorer=load)
     with stop_on_signals(detector):
         detector.run(max_events=args.max_events, idle_exit_s=args.idle_exit)
     return 0

@@ -104,6 +104,8 @@ def make_scorer(
     window: int = 16,
     seed: int = 0,
     train_rows: int = _TRAIN_SCORES,
+    precision: str = "fp32",
+    cuda_graph: bool = False,
 ) -> Scorer:
     """A ``models.Scorer`` of ``kind`` sized for the workload's features, on ``device``.
 
@@ -133,6 +135,8 @@ def make_scorer(
         version=version,
         train_scores=np.empty(0),
         device=device,
+        precision=precision,  # type: ignore[arg-type]
+        cuda_graph=cuda_graph,
     )
     if scorer.window == 1:
         sample = held[:train_rows]
