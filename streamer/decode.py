@@ -1,22 +1,28 @@
 """Bytes to a float matrix, a whole micro-batch at a time.
 
-The fast path runs no Python code per message: ``map`` parses every message with orjson, checks that
-each is an object, picks the feature fields with one ``itemgetter`` and converts all rows with a single
-``np.array`` call. A batch that holds an empty, oversized, unparsable, non-object or incomplete message
-is retried in chunks, and only the chunks that fail again go message by message, naming each failure.
-Rows whose values are not numbers or not finite in float32 are masked out batch-wide and named. Every
+The fast path runs no Python code per message: ``map`` decodes every message with a msgspec decoder
+typed for this model (each feature a JSON number, every other field skipped without building it), and
+one ``np.array`` call converts all rows. A message that is empty, oversized, not JSON, not an object,
+lacks a feature or holds a feature that is not a number fails that typed decode; its batch is then
+retried in chunks, and only the chunks that fail again go message by message through orjson, naming
+each failure. Rows whose values are not finite in float32 are masked out batch-wide and named. Every
 message ends up either as a valid row or as a dead-letter reason: nothing is dropped.
+
+The parsed event itself (for an alert's echo and its field values as sent) is built only when asked
+for, by ``DecodedBatch.event``, from the message's bytes: alerts are few, events many.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, cast
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -28,28 +34,90 @@ _CHUNK = 256  # messages per retry of the fast path in a batch that holds a bad 
 class DecodedBatch:
     """The valid rows of a batch and the reasons for the rest.
 
-    ``x[i]`` is message ``valid[i]``'s features in model order; ``objects[i]`` its parsed event.
+    ``x[i]`` is message ``valid[i]``'s features in model order and ``raw[i]`` its bytes; ``keys[i]`` the
+    value of the decoder's key field (None where absent) when it has one; ``event(i)`` its parsed event.
     """
 
     x: np.ndarray  # (V, F) float32
     valid: np.ndarray  # (V,) int64 indices into the batch
-    objects: list[dict[str, Any]]
+    raw: list[bytes]  # (V,) the valid messages' bytes
     rejected: list[tuple[int, str]]  # (index into the batch, reason)
+    keys: list[Any] | None = None  # (V,) with a key field
+    objects: list[dict[str, Any]] | None = None  # (V,) parsed events, where a slow path made them
+    features: tuple[str, ...] = ()  # the feature names, for an event no JSON reader can rebuild
+
+    def event(self, i: int) -> dict[str, Any]:
+        """Row ``i``'s parsed event (a JSON object), parsed now from its bytes if not parsed before."""
+        if self.objects is not None:
+            return self.objects[i]
+        try:
+            obj = orjson.loads(self.raw[i])
+        except orjson.JSONDecodeError:
+            # The typed decoder skips fields it does not need more leniently than orjson reads them
+            # (a number beyond float64, as Python's json reads it, or nesting deeper than orjson's limit).
+            try:
+                obj = json.loads(self.raw[i])
+            except (ValueError, RecursionError):
+                obj = None
+        if type(obj) is not dict:
+            obj = dict(zip(self.features, self.x[i].tolist(), strict=True))
+        return obj
+
+    def take(self, rows: np.ndarray) -> DecodedBatch:
+        """Only ``rows`` (indices into the valid rows), in that order; ``rejected`` as it is."""
+        idx = rows.tolist()
+        return DecodedBatch(
+            x=self.x[rows],
+            valid=self.valid[rows],
+            raw=[self.raw[j] for j in idx],
+            rejected=self.rejected,
+            keys=None if self.keys is None else [self.keys[j] for j in idx],
+            objects=None if self.objects is None else [self.objects[j] for j in idx],
+            features=self.features,
+        )
 
 
 class Decoder:
     """Decodes JSON events carrying the model's numeric feature fields."""
 
-    def __init__(self, features: Sequence[str], max_message_bytes: int) -> None:
+    def __init__(
+        self, features: Sequence[str], max_message_bytes: int, key_field: str | None = None
+    ) -> None:
+        """``key_field``: a field whose value (any JSON type, None where absent) each row also keeps."""
         if not features:
             raise ValueError("a decoder needs at least one feature")
         if max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be positive, got {max_message_bytes}")
         self.features = tuple(features)
         self.max_message_bytes = max_message_bytes
+        self.key_field = key_field
         getter = itemgetter(*self.features)
         # itemgetter of one name returns a scalar; keep rows as tuples either way.
         self._pick = getter if len(self.features) > 1 else (lambda obj: (getter(obj),))
+        # The typed decoder: attribute names are positional (any JSON name is allowed), renamed to
+        # the fields' names in JSON. float fields take JSON numbers only: no bool, string or null.
+        attrs = [f"f{i}" for i in range(len(self.features))]
+        spec: list[Any] = [(a, float) for a in attrs]
+        rename = dict(zip(attrs, self.features, strict=True))
+        if key_field is not None and key_field not in self.features:
+            spec.append(("key", Any, None))
+            rename["key"] = key_field
+        event_type = msgspec.defstruct("Event", spec, rename=rename, gc=False)
+        self._typed = msgspec.json.Decoder(event_type)
+        if len(spec) == len(attrs):
+            self._typed_row: Any = msgspec.structs.astuple
+        elif len(attrs) > 1:
+            self._typed_row = attrgetter(*attrs)
+        else:
+            only = attrgetter("f0")
+            self._typed_row = lambda e: (only(e),)
+        self._typed_key: Any = None
+        if key_field is not None:
+            self._typed_key = (
+                attrgetter("key")
+                if key_field not in self.features
+                else attrgetter(attrs[self.features.index(key_field)])
+            )
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         """Decode a batch: the fast path when every message parses to an object with all features;
@@ -69,9 +137,9 @@ class Decoder:
     def _decode_clean(self, values: Sequence[bytes | None]) -> DecodedBatch | None:
         """The common case at C speed: ``map`` over the whole batch, no Python code per message.
 
-        Returns None as soon as any message is empty, oversized, not JSON, not an object or lacks a
-        feature; the caller then decodes message by message. Non-numeric or non-finite values do not
-        leave the fast path: ``_to_matrix`` masks their rows and ``_reject_rows`` names them.
+        Returns None as soon as any message is empty, oversized, not JSON, not an object, lacks a
+        feature or has one that is not a number; the caller then decodes message by message. Values
+        beyond float32 do not leave the fast path: their rows are masked out and named.
         """
         if not values:
             return None
@@ -79,42 +147,37 @@ class Decoder:
             present = cast("Sequence[bytes]", values)  # a None raises TypeError just below
             if max(map(len, present)) > self.max_message_bytes:
                 return None
-            objects: list[Any] = list(map(orjson.loads, present))  # JSONDecodeError on b"" too
-            if set(map(type, objects)) != {dict}:
-                return None
-            rows: list[tuple[Any, ...]] = list(map(self._pick, objects))
-        except (TypeError, KeyError, orjson.JSONDecodeError):
+            events = list(map(self._typed.decode, present))
+            # msgspec skips the fields it was not asked for without checking their UTF-8; orjson, and
+            # so the slow path, rejects invalid UTF-8 anywhere. Every message here is a whole JSON
+            # object, starting and ending in ASCII, so checking them joined checks each one.
+            b"".join(present).decode("utf-8")
+        except (TypeError, msgspec.DecodeError, UnicodeDecodeError):  # ValidationError: a DecodeError
             return None
-        x, ok = self._to_matrix(rows)
+        rows: list[tuple[Any, ...]] = list(map(self._typed_row, events))
+        keys = None if self._typed_key is None else list(map(self._typed_key, events))
+        with np.errstate(over="ignore"):  # every value is a float here; beyond float32 is inf
+            x = np.array(rows, dtype=np.float32).reshape(len(rows), len(self.features))
+        ok = np.isfinite(x).all(axis=1)
         valid = np.arange(len(rows), dtype=np.int64)
-        if ok.all():
-            return DecodedBatch(x=x, valid=valid, objects=objects, rejected=[])
-        return self._reject_rows(x, ok, rows, valid.tolist(), objects, [])
-
-    def _reject_rows(
-        self,
-        x: np.ndarray,
-        ok: np.ndarray,
-        rows: list[tuple[Any, ...]],
-        valid: list[int],
-        objects: list[dict[str, Any]],
-        rejected: list[tuple[int, str]],
-    ) -> DecodedBatch:
-        """Drop the rows that ``_to_matrix`` masked out, recording why each was rejected."""
-        for j in np.flatnonzero(~ok).tolist():
-            rejected.append((valid[j], self._row_reason(rows[j])))
-        keep = np.flatnonzero(ok)
-        rejected.sort()
-        return DecodedBatch(
-            x=x[keep],
-            valid=np.asarray([valid[j] for j in keep.tolist()], dtype=np.int64),
-            objects=[objects[j] for j in keep.tolist()],
-            rejected=rejected,
+        batch = DecodedBatch(
+            x=x, valid=valid, raw=list(present), rejected=[], keys=keys, features=self.features
         )
+        if ok.all():
+            return batch
+        for j in np.flatnonzero(~ok).tolist():
+            batch.rejected.append((j, self._row_reason(rows[j])))
+        return batch.take(np.flatnonzero(ok))
+
+    def _keys(self, objects: list[dict[str, Any]]) -> list[Any] | None:
+        if self.key_field is None:
+            return None
+        return list(map(dict.get, objects, [self.key_field] * len(objects)))
 
     def _decode_each(self, values: Sequence[bytes | None]) -> DecodedBatch:
         rows: list[tuple[Any, ...]] = []
         valid: list[int] = []
+        raw: list[bytes] = []
         objects: list[dict[str, Any]] = []
         rejected: list[tuple[int, str]] = []
         loads, pick, limit = orjson.loads, self._pick, self.max_message_bytes
@@ -139,14 +202,23 @@ class Decoder:
                 rejected.append((i, f"missing feature {exc.args[0]!r}"))
                 continue
             valid.append(i)
+            raw.append(value)
             objects.append(obj)
         x, ok = self._to_matrix(rows)
-        if not ok.all():
-            return self._reject_rows(x, ok, rows, valid, objects, rejected)
-        rejected.sort()
-        return DecodedBatch(
-            x=x, valid=np.asarray(valid, dtype=np.int64), objects=objects, rejected=rejected
+        batch = DecodedBatch(
+            x=x,
+            valid=np.asarray(valid, dtype=np.int64),
+            raw=raw,
+            rejected=rejected,
+            keys=self._keys(objects),
+            objects=objects,
         )
+        if not ok.all():
+            for j in np.flatnonzero(~ok).tolist():
+                rejected.append((valid[j], self._row_reason(rows[j])))
+            batch = batch.take(np.flatnonzero(ok))
+        rejected.sort()
+        return batch
 
     def _to_matrix(self, rows: list[tuple[Any, ...]]) -> tuple[np.ndarray, np.ndarray]:
         """Rows to a float32 matrix and a per-row validity mask (numeric and finite in float32)."""
@@ -184,11 +256,17 @@ class Decoder:
 
 def concat(parts: Sequence[tuple[int, DecodedBatch]]) -> DecodedBatch:
     """One batch from consecutive parts, each given with the batch index of its first message."""
+    batches = [p for _, p in parts]
+    keyed = all(p.keys is not None for p in batches)
+    parsed = all(p.objects is not None for p in batches)
     return DecodedBatch(
-        x=np.concatenate([p.x for _, p in parts]),
+        x=np.concatenate([p.x for p in batches]),
         valid=np.concatenate([p.valid + start for start, p in parts]),
-        objects=[obj for _, p in parts for obj in p.objects],
+        raw=[r for p in batches for r in p.raw],
         rejected=[(i + start, reason) for start, p in parts for i, reason in p.rejected],
+        keys=[k for p in batches for k in p.keys or ()] if keyed else None,
+        objects=[o for p in batches for o in p.objects or ()] if parsed else None,
+        features=next((p.features for p in batches if p.features), ()),
     )
 
 

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import repeat
 from typing import Any, Protocol
 
 import numpy as np
@@ -124,7 +123,7 @@ class Pipeline:
         self._windows: EntityWindows | None = None
         self.scorer = scorer
         self.threshold = self._new_threshold(scorer)
-        self.decoder = Decoder(scorer.features, events.max_message_bytes)
+        self.decoder = self._new_decoder(scorer)
         self._windows = self._new_windows(scorer)
 
     def swap_model(self, scorer: ScorerLike) -> None:
@@ -137,7 +136,7 @@ class Pipeline:
         )
         self.scorer = scorer
         self.threshold = self._new_threshold(scorer)
-        self.decoder = Decoder(scorer.features, self.events.max_message_bytes)
+        self.decoder = self._new_decoder(scorer)
         if not same_inputs:
             self._windows = self._new_windows(scorer)
 
@@ -149,6 +148,11 @@ class Pipeline:
             update_on_alert=t.update_on_alert,
             initial_scores=scorer.train_scores,
         )
+
+    def _new_decoder(self, scorer: ScorerLike) -> Decoder:
+        """Each event's key field is needed on the hot path only to build windows."""
+        key = self.events.key_field if scorer.window > 1 else None
+        return Decoder(scorer.features, self.events.max_message_bytes, key_field=key)
 
     @staticmethod
     def _new_windows(scorer: ScorerLike) -> EntityWindows | None:
@@ -181,12 +185,8 @@ class Pipeline:
             rejected.extend((int(decoded.valid[j]), "anomaly score is not finite") for j in bad)
             rejected.sort()
             keep = np.flatnonzero(finite)
-            decoded = DecodedBatch(
-                x=decoded.x[keep],
-                valid=decoded.valid[keep],
-                objects=[decoded.objects[j] for j in keep],
-                rejected=rejected,
-            )
+            decoded = decoded.take(keep)
+            decoded.rejected = rejected
             scores, per_feature = scores[keep], per_feature[keep]
         thresholds, alert_mask = self.threshold.decide(scores)
         t4 = time.perf_counter()
@@ -288,14 +288,11 @@ class Pipeline:
 
     def _entities(self, origin: Callable[[int], Message], decoded: DecodedBatch) -> list[Hashable]:
         """Every row's entity, as ``_entity`` defines it; at C speed when every event has a str or int key."""
-        field_name = self.events.key_field
-        if field_name is not None:
-            keys = list(map(dict.get, decoded.objects, repeat(field_name)))
-            if set(map(type, keys)) <= _PLAIN_KEYS:
-                return keys
+        keys = decoded.keys
+        if keys is not None and set(map(type, keys)) <= _PLAIN_KEYS:
+            return keys
         return [
-            self._entity(origin, i, obj)
-            for i, obj in zip(decoded.valid.tolist(), decoded.objects, strict=True)
+            self._entity(origin, i, decoded.event(j)) for j, i in enumerate(decoded.valid.tolist())
         ]
 
     def _build_alerts(
@@ -323,7 +320,7 @@ class Pipeline:
         for a, j in enumerate(rows.tolist()):
             index = int(decoded.valid[j])
             msg = origin(index)
-            obj = decoded.objects[j]
+            obj = decoded.event(j)
             entity = self._entity(origin, index, obj)
             if isinstance(entity, bytes):
                 key_str = decode_key(entity)

@@ -39,7 +39,7 @@ def table_from_topic(args: argparse.Namespace) -> tuple[np.ndarray, list[str], n
                 break
     if not features:
         raise DataError(f"no decodable event with numeric fields in topic {args.from_topic!r}")
-    decoded = Decoder(features, 1_048_576).decode(values)
+    decoded = Decoder(features, 1_048_576, key_field=args.entity_column).decode(values)
     if decoded.rejected:
         log.warning(
             "training_rows_skipped", count=len(decoded.rejected), first=decoded.rejected[0][1]
@@ -48,7 +48,7 @@ def table_from_topic(args: argparse.Namespace) -> tuple[np.ndarray, list[str], n
         raise DataError(f"no usable rows in topic {args.from_topic!r}")
     entities = None
     if args.entity_column:
-        entities = np.array([str(o.get(args.entity_column)) for o in decoded.objects])
+        entities = np.array([str(k) for k in decoded.keys or ()])
     return decoded.x, list(features), entities
 
 

@@ -22,7 +22,43 @@ def test_valid_rows_keep_order_and_values() -> None:
     np.testing.assert_array_equal(out.x, np.array([[1.0, 2.5], [0.25, -1.0]], dtype=np.float32))
     assert out.valid.tolist() == [0, 1]
     assert out.rejected == []
-    assert out.objects[0]["other"] == "x"
+    assert out.event(0) == {"a": 1, "b": 2.5, "other": "x"}  # as sent, parsed on demand
+    assert out.raw == [b'{"a": 1, "b": 2.5, "other": "x"}', b'{"b": -1, "a": 0.25}']
+
+
+def test_key_field_is_kept_per_row_on_both_paths() -> None:
+    values: list[bytes | None] = [
+        b'{"a": 1, "b": 2, "id": "s1"}',
+        b'{"a": 1, "b": 2, "id": 7}',
+        b'{"a": 1, "b": 2}',
+        b'{"a": 1, "b": 2, "id": {"x": 1}}',
+    ]
+    decoder = Decoder(FEATURES, 1000, key_field="id")
+    fast = decoder.decode(values)
+    slow = decoder.decode([*values, b"broken"])  # one bad message: message by message
+    assert fast.objects is None and slow.objects is not None
+    assert fast.keys == slow.keys == ["s1", 7, None, {"x": 1}]
+    assert [fast.event(i) for i in range(4)] == [slow.event(i) for i in range(4)]
+    assert Decoder(FEATURES, 1000).decode(values).keys is None
+
+
+def test_fast_path_rejects_what_orjson_rejects_in_fields_it_skips() -> None:
+    """Invalid UTF-8 in a field no model reads is still invalid UTF-8, as message by message."""
+    out = decode(
+        [
+            b'{"a": 1, "b": 2}',
+            b'{"a": 1, "b": 2, "note": "\xff\xfe"}'.decode("unicode_escape").encode("latin-1"),
+        ]
+    )
+    assert out.valid.tolist() == [0] and "invalid UTF-8" in out.rejected[0][1]
+
+
+def test_event_of_a_message_orjson_cannot_read_falls_back() -> None:
+    """A number beyond float64 in a skipped field passes the typed decoder; its event still parses."""
+    out = decode([b'{"a": 1, "b": 2, "big": 1e400}'])
+    assert out.valid.tolist() == [0]
+    event = out.event(0)
+    assert event["a"] == 1 and event["big"] == float("inf")
 
 
 @pytest.mark.parametrize(
@@ -71,13 +107,20 @@ json_values = st.one_of(
 )
 
 
-@given(st.lists(st.one_of(st.dictionaries(st.sampled_from(["a", "b", "c"]), json_values), st.binary(max_size=20))))
+@given(
+    st.lists(
+        st.one_of(
+            st.dictionaries(st.sampled_from(["a", "b", "c"]), json_values), st.binary(max_size=20)
+        )
+    )
+)
 def test_every_message_is_either_valid_or_rejected(items: list[object]) -> None:
     values = [orjson.dumps(i) if isinstance(i, dict) else i for i in items]
     out = decode(values)
     rejected = [i for i, _ in out.rejected]
     assert sorted(out.valid.tolist() + rejected) == list(range(len(values)))
-    assert len(out.x) == len(out.valid) == len(out.objects)
+    assert len(out.x) == len(out.valid) == len(out.raw)
+    assert [values[i] for i in out.valid.tolist()] == out.raw
     assert np.isfinite(out.x).all()
     for row, i in zip(out.x, out.valid, strict=True):
         obj = orjson.loads(values[i])

@@ -54,11 +54,12 @@ def test_batch_decoding_equals_message_by_message(
     for at, value in bad:
         if at < n:
             values[at] = value
-    decoder = Decoder(FEATURES, 256)
+    decoder = Decoder(FEATURES, 256, key_field="id")
     fast, slow = decoder.decode(values), decoder._decode_each(values)
     np.testing.assert_array_equal(fast.x, slow.x)
     assert fast.valid.tolist() == slow.valid.tolist()
-    assert fast.objects == slow.objects
+    assert fast.raw == slow.raw and fast.keys == slow.keys
+    assert [fast.event(i) for i in range(len(fast.raw))] == slow.objects
     assert fast.rejected == slow.rejected
 
 
