@@ -19,6 +19,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from streamer.dedup import DEFAULT_COOLDOWN
 from streamer.errors import ConfigError
 
 # librdkafka keys that this module owns; passing them through `extra` would silently break guarantees.
@@ -142,6 +143,9 @@ class EventSettings(_Section):
     max_message_bytes: int = Field(default=1_048_576, ge=64, le=64 * 1_048_576)
     max_original_bytes: int = Field(default=4_096, ge=0, le=1_048_576)
     top_features: int = Field(default=3, ge=1, le=64)
+    # After an alert, the entity's next N scored events publish no alert (they are still scored and
+    # still enter the threshold); 0 publishes every alert. See streamer.dedup.
+    alert_cooldown: int = Field(default=DEFAULT_COOLDOWN, ge=0, le=10_000_000)
 
 
 class LogSettings(_Section):

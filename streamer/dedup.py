@@ -35,18 +35,29 @@ class AlertCooldown:
         self.max_keys = max_keys
         self._quiet: OrderedDict[Hashable, int] = OrderedDict()  # key -> events still suppressed
 
+    @property
+    def active(self) -> bool:
+        """Whether some key is being kept quiet (so that events without alerts still count)."""
+        return bool(self._quiet)
+
     def apply(self, alerts: np.ndarray, keys: Sequence[Hashable]) -> np.ndarray:
-        """Alert decisions (B,) of events in arrival order and their keys -> the decisions kept (B,)."""
+        """Alert decisions (B,) of events in arrival order and their keys -> the decisions kept (B,).
+
+        Only the events of keys that alert in this batch or are being kept quiet are stepped through
+        in Python; the rest are passed over in one comprehension.
+        """
         alerts = np.asarray(alerts, dtype=bool)
         if len(keys) != len(alerts):
             raise ValueError(f"{len(keys)} keys for {len(alerts)} decisions")
-        if self.cooldown == 0:
+        if self.cooldown == 0 or not (self._quiet or alerts.any()):
             return alerts.copy()
-        out = np.zeros(len(alerts), dtype=bool)
         quiet = self._quiet
-        for i, (alert, key) in enumerate(zip(alerts.tolist(), keys, strict=True)):
+        relevant = set(quiet).union(keys[i] for i in np.flatnonzero(alerts).tolist())
+        out = np.zeros(len(alerts), dtype=bool)
+        for i in [i for i, key in enumerate(keys) if key in relevant]:
+            key = keys[i]
             left = quiet.pop(key, 0)
-            if alert and left == 0:
+            if alerts[i] and left == 0:
                 out[i] = True
                 left = self.cooldown
             elif left:

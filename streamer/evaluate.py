@@ -34,7 +34,7 @@ import orjson
 
 from streamer.baselines import BASELINE_KINDS, HalfSpaceTreesScorer, PCAScorer
 from streamer.config import BatchSettings, EventSettings, ThresholdSettings
-from streamer.dedup import DEFAULT_COOLDOWN, AlertCooldown
+from streamer.dedup import DEFAULT_COOLDOWN
 from streamer.errors import DataError, StreamerError
 from streamer.metrics import detection_report
 from streamer.nab import nab_score, probation_rows
@@ -342,11 +342,12 @@ def replay(
 
     Micro-batches hold ``batch.max_events`` events, as ``streamer run`` would form them from a busy
     topic. ``entities`` (one key per row) become the Kafka message keys; without them every row is
-    of one series. ``cooldown`` de-duplicates the published alerts per key (:class:`AlertCooldown`,
-    0 = off); the threshold itself sees every score either way.
+    of one series. ``cooldown`` de-duplicates the published alerts per key in the pipeline, as
+    ``events.alert_cooldown`` does in ``streamer run`` (0 = off); the threshold sees every score either way.
     """
     batch = batch or BatchSettings()
-    pipeline = Pipeline(scorer, threshold, events or EventSettings())
+    events = (events or EventSettings()).model_copy(update={"alert_cooldown": cooldown})
+    pipeline = Pipeline(scorer, threshold, events)
     values = _encode(scorer.features, x)
     keys: list[bytes] = (
         [_SERIES_KEY] * len(values)
@@ -357,6 +358,7 @@ def replay(
     scores = np.full(m, np.nan)
     thresholds = np.full(m, np.nan)
     alerts = np.zeros(m, dtype=bool)
+    published = np.zeros(m, dtype=bool)
     dead = 0
     started = time.perf_counter()
     step = batch.max_events
@@ -366,14 +368,17 @@ def replay(
         def origin(i: int, lo: int = lo) -> Message:
             return Message(values[lo + i], keys[lo + i], _TOPIC, 0, lo + i)
 
-        result = pipeline.process(chunk, origin)
+        def chunk_keys(lo: int = lo) -> list[bytes]:
+            return keys[lo : lo + step]
+
+        result = pipeline.process(chunk, origin, message_keys=chunk_keys)
         rows = lo + result.valid
         scores[rows] = result.scores
         thresholds[rows] = result.thresholds
         alerts[rows] = result.alert_mask
+        published[rows] = result.published
         dead += len(result.dead_letters)
     seconds = time.perf_counter() - started
-    published = AlertCooldown(cooldown).apply(alerts, keys)
     return Decisions(scores, thresholds, published, alerts, dead_lettered=dead, seconds=seconds)
 
 

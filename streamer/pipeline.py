@@ -26,6 +26,7 @@ from streamer.alerts import (
 )
 from streamer.config import EventSettings, ThresholdSettings
 from streamer.decode import DecodedBatch, Decoder, concat
+from streamer.dedup import AlertCooldown
 from streamer.features import EntityWindows
 from streamer.threshold import QuantileThreshold
 
@@ -80,11 +81,16 @@ class BatchResult:
     valid: np.ndarray  # (V,) indices of scored messages in the batch
     scores: np.ndarray  # (V,) float64
     thresholds: np.ndarray  # (V,) threshold each score was compared with
-    alert_mask: np.ndarray  # (V,) bool
-    alerts: list[tuple[bytes | None, bytes]]  # (Kafka key, alert JSON)
+    alert_mask: np.ndarray  # (V,) bool: the score exceeded its threshold
+    alerts: list[tuple[bytes | None, bytes]]  # (Kafka key, alert JSON), one per published row
     dead_letters: list[tuple[bytes | None, bytes]]  # (Kafka key, dead-letter JSON)
     dead_index: list[int] = field(default_factory=list)  # batch index of each dead letter
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    published: np.ndarray | None = None  # (V,) bool: alerts published after the per-key cooldown
+
+    def __post_init__(self) -> None:
+        if self.published is None:
+            self.published = self.alert_mask
 
 
 _PLAIN_KEYS = frozenset({str, int})  # key field values used as they are (bool is not one)
@@ -93,6 +99,15 @@ _PLAIN_KEYS = frozenset({str, int})  # key field values used as they are (bool i
 def _shifted(origin: Callable[[int], Message], start: int) -> Callable[[int], Message]:
     """``origin`` for a chunk of a batch that begins at message ``start``."""
     return lambda i: origin(start + i)
+
+
+def _shifted_keys(
+    message_keys: Callable[[], Sequence[bytes | None]] | None, start: int
+) -> Callable[[], Sequence[bytes | None]] | None:
+    """``message_keys`` for a chunk of a batch that begins at message ``start``."""
+    if message_keys is None:
+        return None
+    return lambda: message_keys()[start:]
 
 
 def _utc_now() -> datetime:
@@ -123,6 +138,7 @@ class Pipeline:
         self._windows: EntityWindows | None = None
         self.scorer = scorer
         self.threshold = self._new_threshold(scorer)
+        self.cooldown = AlertCooldown(events.alert_cooldown)
         self.decoder = self._new_decoder(scorer)
         self._windows = self._new_windows(scorer)
 
@@ -150,8 +166,9 @@ class Pipeline:
         )
 
     def _new_decoder(self, scorer: ScorerLike) -> Decoder:
-        """Each event's key field is needed on the hot path only to build windows."""
-        key = self.events.key_field if scorer.window > 1 else None
+        """Each event's key field is needed on the hot path only to build windows and for the cooldown."""
+        needed = scorer.window > 1 or self.events.alert_cooldown > 0
+        key = self.events.key_field if needed else None
         return Decoder(scorer.features, self.events.max_message_bytes, key_field=key)
 
     @staticmethod
@@ -160,22 +177,33 @@ class Pipeline:
 
     def process_messages(self, messages: Sequence[Message]) -> BatchResult:
         """Process an in-memory batch (evaluation, tests)."""
-        return self.process([m.value for m in messages], messages.__getitem__)
+        return self.process(
+            [m.value for m in messages],
+            messages.__getitem__,
+            message_keys=lambda: [m.key for m in messages],
+        )
 
     def process(
-        self, values: Sequence[bytes | None], origin: Callable[[int], Message]
+        self,
+        values: Sequence[bytes | None],
+        origin: Callable[[int], Message],
+        message_keys: Callable[[], Sequence[bytes | None]] | None = None,
     ) -> BatchResult:
         """Process one batch: ``values`` are the message bytes, ``origin(i)`` describes message ``i``.
 
-        ``origin`` is called only for the few messages that become alerts or dead letters (and, for
-        windowed models, to learn each event's entity), so no per-message object is built on the hot path.
+        ``origin`` is called only for the few messages that become alerts or dead letters, so no
+        per-message object is built on the hot path. ``message_keys()``, when given, returns every
+        message's Kafka key at once: the entities of windowed models and of the alert cooldown, when
+        events carry no key field.
         """
         timings: dict[str, float] = {}
         submit = _async_submit(self.scorer)
         if submit is not None and len(values) > self.overlap_chunk:
-            decoded, scores, per_feature = self._overlapped(values, origin, submit, timings)
+            decoded, scores, per_feature = self._overlapped(
+                values, origin, message_keys, submit, timings
+            )
         else:
-            decoded, scores, per_feature = self._in_one_pass(values, origin, timings)
+            decoded, scores, per_feature = self._in_one_pass(values, origin, message_keys, timings)
         t3 = time.perf_counter()
 
         rejected = list(decoded.rejected)
@@ -189,10 +217,15 @@ class Pipeline:
             decoded.rejected = rejected
             scores, per_feature = scores[keep], per_feature[keep]
         thresholds, alert_mask = self.threshold.decide(scores)
+        published = alert_mask
+        if self.cooldown.cooldown and (self.cooldown.active or alert_mask.any()):
+            published = self.cooldown.apply(
+                alert_mask, self._entities(origin, decoded, message_keys)
+            )
         t4 = time.perf_counter()
         timings["threshold"] = t4 - t3
 
-        alerts = self._build_alerts(origin, decoded, scores, per_feature, thresholds, alert_mask)
+        alerts = self._build_alerts(origin, decoded, scores, per_feature, thresholds, published)
         dead = self._build_dead_letters(origin, rejected)
         timings["alerts"] = time.perf_counter() - t4
         return BatchResult(
@@ -201,17 +234,23 @@ class Pipeline:
             scores=scores,
             thresholds=thresholds,
             alert_mask=alert_mask,
+            published=published,
             alerts=alerts,
             dead_letters=dead,
             dead_index=[i for i, _ in rejected],
             timings=timings,
         )
 
-    def _model_input(self, decoded: DecodedBatch, origin: Callable[[int], Message]) -> np.ndarray:
+    def _model_input(
+        self,
+        decoded: DecodedBatch,
+        origin: Callable[[int], Message],
+        message_keys: Callable[[], Sequence[bytes | None]] | None,
+    ) -> np.ndarray:
         """The rows themselves, or for a windowed model each row's entity window (B, W, F)."""
         if self._windows is None or not len(decoded.x):
             return decoded.x
-        return self._windows.windows(decoded.x, self._entities(origin, decoded))
+        return self._windows.windows(decoded.x, self._entities(origin, decoded, message_keys))
 
     def _no_scores(self) -> tuple[np.ndarray, np.ndarray]:
         return np.empty(0, dtype=np.float64), np.empty(
@@ -222,13 +261,14 @@ class Pipeline:
         self,
         values: Sequence[bytes | None],
         origin: Callable[[int], Message],
+        message_keys: Callable[[], Sequence[bytes | None]] | None,
         timings: dict[str, float],
     ) -> tuple[DecodedBatch, np.ndarray, np.ndarray]:
         """Decode the whole batch, then one forward pass over it."""
         t0 = time.perf_counter()
         decoded = self.decoder.decode(values)
         t1 = time.perf_counter()
-        x = self._model_input(decoded, origin)
+        x = self._model_input(decoded, origin, message_keys)
         t2 = time.perf_counter()
         scores, per_feature = self.scorer.score(x) if len(x) else self._no_scores()
         timings["decode"] = t1 - t0
@@ -240,6 +280,7 @@ class Pipeline:
         self,
         values: Sequence[bytes | None],
         origin: Callable[[int], Message],
+        message_keys: Callable[[], Sequence[bytes | None]] | None,
         submit: Callable[[np.ndarray], PendingScores],
         timings: dict[str, float],
     ) -> tuple[DecodedBatch, np.ndarray, np.ndarray]:
@@ -256,7 +297,7 @@ class Pipeline:
             t0 = time.perf_counter()
             part = self.decoder.decode(values[start : start + self.overlap_chunk])
             t1 = time.perf_counter()
-            x = self._model_input(part, _shifted(origin, start))
+            x = self._model_input(part, _shifted(origin, start), _shifted_keys(message_keys, start))
             t2 = time.perf_counter()
             if pending is not None:
                 results.append(pending.result())  # the previous chunk, scored while we decoded
@@ -286,14 +327,29 @@ class Pipeline:
                 return value if type(value) in (str, int) else str(value)
         return origin(index).key
 
-    def _entities(self, origin: Callable[[int], Message], decoded: DecodedBatch) -> list[Hashable]:
-        """Every row's entity, as ``_entity`` defines it; at C speed when every event has a str or int key."""
+    def _entities(
+        self,
+        origin: Callable[[int], Message],
+        decoded: DecodedBatch,
+        message_keys: Callable[[], Sequence[bytes | None]] | None = None,
+    ) -> list[Hashable]:
+        """Every row's entity, as ``_entity`` defines it, without parsing any event: from the key
+        field's values (at C speed when all are str or int) or from the messages' Kafka keys."""
+        valid = decoded.valid.tolist()
         keys = decoded.keys
-        if keys is not None and set(map(type, keys)) <= _PLAIN_KEYS:
-            return keys
-        return [
-            self._entity(origin, i, decoded.event(j)) for j, i in enumerate(decoded.valid.tolist())
-        ]
+        if self.events.key_field is not None and keys is not None:
+            if set(map(type, keys)) <= _PLAIN_KEYS:
+                return keys
+            return [
+                k if type(k) in _PLAIN_KEYS else (origin(i).key if k is None else str(k))
+                for i, k in zip(valid, keys, strict=True)
+            ]
+        if self.events.key_field is None:
+            if message_keys is not None:
+                kafka = message_keys()
+                return [kafka[i] for i in valid]
+            return [origin(i).key for i in valid]
+        return [self._entity(origin, i, decoded.event(j)) for j, i in enumerate(valid)]
 
     def _build_alerts(
         self,

@@ -275,7 +275,11 @@ class Detector:
 
     def _process(self, batch: list[KafkaMessage]) -> None:
         t0 = time.perf_counter()
-        result = self.pipeline.process(list(map(_value, batch)), lambda i: to_message(batch[i]))
+        result = self.pipeline.process(
+            list(map(_value, batch)),
+            lambda i: to_message(batch[i]),
+            message_keys=lambda: [m.key() for m in batch],
+        )
         t1 = time.perf_counter()
         settings = self.settings.kafka
         for key, value in result.alerts:
@@ -343,7 +347,8 @@ class Detector:
         return found
 
     def _produce_scores(self, topic: str, batch: list[KafkaMessage], result: BatchResult) -> None:
-        alerts = result.alert_mask.tolist()
+        published = result.alert_mask if result.published is None else result.published
+        alerts = published.tolist()
         thresholds = result.thresholds.tolist()
         for j, (i, score) in enumerate(
             zip(result.valid.tolist(), result.scores.tolist(), strict=True)
