@@ -90,8 +90,10 @@ def save_checkpoint(
     data_sha256: str = "",
     n_train: int = 0,
     train_config: dict[str, Any] | None = None,
+    error_scale: np.ndarray | None = None,
 ) -> str:
-    """Write model + scaler + train_scores + metadata to one .safetensors file; return its version."""
+    """Write model + scaler + train_scores (+ error_scale) + metadata to one .safetensors file; return
+    its version."""
     cfg = model.config
     if len(features) != cfg.n_features or scaler.n_features != cfg.n_features:
         raise CheckpointError(
@@ -101,6 +103,8 @@ def save_checkpoint(
     tensors["scaler.center"] = torch.from_numpy(np.ascontiguousarray(scaler.center, np.float32))
     tensors["scaler.scale"] = torch.from_numpy(np.ascontiguousarray(scaler.scale, np.float32))
     tensors["train_scores"] = torch.from_numpy(np.ascontiguousarray(train_scores, np.float64))
+    if error_scale is not None:
+        tensors["error_scale"] = torch.from_numpy(np.ascontiguousarray(error_scale, np.float32))
     digest = tensors_sha256(tensors)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -217,6 +221,7 @@ def load_checkpoint(
             float(meta["scaler"]["clip"]),
         )
         train_scores = tensors["train_scores"].numpy()
+        error_scale = tensors["error_scale"].numpy() if "error_scale" in tensors else None
     except (TypeError, ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"{path}: checkpoint content does not fit its metadata ({e})") from e
     return Scorer(
@@ -228,6 +233,7 @@ def load_checkpoint(
         train_scores=train_scores,
         device=device,
         metadata=meta,
+        error_scale=error_scale,
         precision=precision,
         cuda_graph=cuda_graph,
     )

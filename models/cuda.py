@@ -96,6 +96,7 @@ class CudaRunner:
         *,
         precision: Precision = "fp32",
         cuda_graph: bool = False,
+        err_div: torch.Tensor | None = None,
     ) -> None:
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
@@ -104,6 +105,7 @@ class CudaRunner:
         self._center, self._scale, self._clip = center, scale, clip
         self.in_shape = in_shape
         self.n_features = in_shape[-1]
+        self._err_div = err_div  # per-feature divisor of the errors (see Scorer), or None
         self.precision: Precision = precision
         self.cuda_graph = cuda_graph
         self.graph_error: str | None = None
@@ -121,6 +123,9 @@ class CudaRunner:
                 score, err = self.model.anomaly_score(scaled)
         else:
             score, err = self.model.anomaly_score(scaled)
+        if self._err_div is not None:
+            err = err.float() / self._err_div
+            score = err.mean(dim=1)
         return score.float(), err.float()
 
     def _graph(self, rows: int) -> _Graph | None:

@@ -64,6 +64,7 @@ class Scorer:
         metadata: dict[str, Any] | None = None,
         precision: Precision = "fp32",
         cuda_graph: bool = False,
+        error_scale: np.ndarray | None = None,
     ) -> None:
         cfg = model.config
         if len(features) != cfg.n_features or scaler.n_features != cfg.n_features:
@@ -84,6 +85,17 @@ class Scorer:
         self._center = torch.from_numpy(scaler.center).to(self.device)  # (F,)
         self._scale = torch.from_numpy(scaler.scale).to(self.device)  # (F,)
         self._clip = float(scaler.clip)
+        # Per-feature divisor of the squared errors (dense and conv, whose score is their mean): each
+        # feature's typical error on held-back normal data, so that a feature the model can never
+        # predict well does not drown the others. None: raw squared errors.
+        self.error_scale: np.ndarray | None = None
+        self._err_div: torch.Tensor | None = None
+        if error_scale is not None and self.kind in ("dense", "conv"):
+            es = np.asarray(error_scale, dtype=np.float32)
+            if es.shape != (cfg.n_features,) or not (np.isfinite(es).all() and (es > 0).all()):
+                raise ModelError(f"error_scale must be ({cfg.n_features},) finite and > 0")
+            self.error_scale = es
+            self._err_div = torch.from_numpy(es).to(self.device)
         self._in_shape = (cfg.n_features,) if self.window == 1 else (self.window, cfg.n_features)
         self._cuda: CudaRunner | None = None
         if self.device.type == "cuda":
@@ -97,6 +109,7 @@ class Scorer:
                 self._in_shape,
                 precision=precision,
                 cuda_graph=cuda_graph,
+                err_div=self._err_div,
             )
 
     def __repr__(self) -> str:
@@ -141,6 +154,9 @@ class Scorer:
             return self.submit(x).result()
         with torch.inference_mode():
             score, err = self.model.anomaly_score(self._scaled(x))
+            if self._err_div is not None:
+                err = err / self._err_div
+                score = err.mean(dim=1)
             return score.to(torch.float64).numpy(), err.numpy()
 
     def encode(self, x: np.ndarray) -> np.ndarray:

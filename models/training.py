@@ -56,6 +56,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     device: str = "cpu"  # "auto" | "cpu" | "cuda"; also the device of the returned Scorer
     max_train_scores: int = 20_000
+    # dense/conv: divide each feature's squared error by its mean on held-back normal data (floored at
+    # the median over features), stored in the checkpoint as error_scale
+    normalize_errors: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -300,12 +303,30 @@ def train(
     if len(val) > config.max_train_scores:
         pick = torch.randperm(len(val), generator=gen)[: config.max_train_scores].numpy()
         val = np.sort(val[pick])
-    train_scores = np.concatenate(
-        [
-            scorer.score(split.take(split.raw, val[i : i + _EVAL_CHUNK]))[0]
+    def held_back() -> tuple[np.ndarray, np.ndarray]:
+        parts = [
+            scorer.score(split.take(split.raw, val[i : i + _EVAL_CHUNK]))
             for i in range(0, len(val), _EVAL_CHUNK)
         ]
-    )
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    train_scores, errors = held_back()
+    error_scale = None
+    if config.normalize_errors and config.kind in ("dense", "conv"):
+        typical = errors.astype(np.float64).mean(axis=0)  # (F,)
+        floor = max(float(np.median(typical)), 1e-6)
+        error_scale = np.maximum(typical, floor).astype(np.float32)
+        scorer = Scorer(
+            model,
+            scaler,
+            features=features,
+            name="",
+            version="",
+            train_scores=np.empty(0),
+            device=device,
+            error_scale=error_scale,
+        )
+        train_scores, _ = held_back()
 
     save_checkpoint(
         out,
@@ -317,6 +338,7 @@ def train(
         data_sha256=data_sha256(data, entities),
         n_train=int(fit_rows.sum()),
         train_config=dataclasses.asdict(config),
+        error_scale=error_scale,
     )
     save_loss_curve(history, best_epoch, out.parent / f"{out.stem}.loss.png")
     return TrainResult(out, history, best_epoch, load_checkpoint(out, device=config.device))

@@ -43,8 +43,9 @@ class AlertCooldown:
     def apply(self, alerts: np.ndarray, keys: Sequence[Hashable]) -> np.ndarray:
         """Alert decisions (B,) of events in arrival order and their keys -> the decisions kept (B,).
 
-        Only the events of keys that alert in this batch or are being kept quiet are stepped through
-        in Python; the rest are passed over in one comprehension.
+        Per key, not per event: the batch's events are grouped by key (one dict pass), and for each key
+        that alerts in this batch or is being kept quiet, the published alerts are found by jumping from
+        one allowed position to the next alert at or after it, so Python runs once per published alert.
         """
         alerts = np.asarray(alerts, dtype=bool)
         if len(keys) != len(alerts):
@@ -52,18 +53,28 @@ class AlertCooldown:
         if self.cooldown == 0 or not (self._quiet or alerts.any()):
             return alerts.copy()
         quiet = self._quiet
-        relevant = set(quiet).union(keys[i] for i in np.flatnonzero(alerts).tolist())
+        index: dict[Hashable, int] = {}
+        codes = np.fromiter(
+            (index.setdefault(k, len(index)) for k in keys), dtype=np.int64, count=len(keys)
+        )
+        order = np.argsort(codes, kind="stable")  # each key's events, in arrival order
+        bounds = np.searchsorted(codes[order], np.arange(len(index) + 1))
+        alerting = np.bincount(codes[alerts], minlength=len(index)) > 0
         out = np.zeros(len(alerts), dtype=bool)
-        for i in [i for i, key in enumerate(keys) if key in relevant]:
-            key = keys[i]
-            left = quiet.pop(key, 0)
-            if alerts[i] and left == 0:
-                out[i] = True
-                left = self.cooldown
-            elif left:
-                left -= 1
-            if left:
-                quiet[key] = left
+        for key, code in index.items():
+            if not alerting[code] and key not in quiet:
+                continue
+            pos = order[bounds[code] : bounds[code + 1]]  # batch positions of this key's events
+            hits = np.flatnonzero(alerts[pos])  # the key's alerting events, as its own event numbers
+            allowed = quiet.pop(key, 0)  # the key's first event number that may publish
+            i = int(np.searchsorted(hits, allowed))
+            while i < len(hits):
+                j = int(hits[i])
+                out[pos[j]] = True
+                allowed = j + self.cooldown + 1
+                i = int(np.searchsorted(hits, allowed))
+            if allowed > len(pos):
+                quiet[key] = allowed - len(pos)
         while len(quiet) > self.max_keys:
             quiet.popitem(last=False)
         return out

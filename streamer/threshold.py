@@ -11,6 +11,7 @@ window makes a rolling quantile spiral down).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 from river import stats
@@ -79,27 +80,40 @@ class QuantileThreshold:
         """
         values = np.asarray(scores, dtype=np.float64).tolist()
         thresholds: list[float] = []
-        alerts: list[bool] = []
-        record, flag = thresholds.append, alerts.append
+        record = thresholds.append
         update, estimate = self._update, self._estimate
-        update_on_alert = self.update_on_alert
+        clip = not self.update_on_alert
         n_seen = self.n_seen
         current = self.get()
-        for s in values:
+        i = 0
+        while i < len(values) and n_seen < _MIN_OBSERVATIONS:  # until the estimate means anything
+            s = values[i]
             record(current)
-            alert = s > current
-            flag(alert)
-            if alert and not update_on_alert:
-                # Enter the threshold itself, not the score: the exceedance is still counted (the
-                # estimate does not sink as the tail is cut off), yet it cannot lift the bar.
-                s = current
-            update(s)
+            update(current if clip and s > current else s)
             n_seen += 1
             if n_seen >= _MIN_OBSERVATIONS:
                 got = estimate()
                 current = float("inf") if got is None else got
-        self.n_seen = n_seen
-        return np.array(thresholds, dtype=np.float64), np.array(alerts, dtype=bool)
+            i += 1
+        rest = values[i:] if i else values
+        estimate_now = cast(Callable[[], float], estimate)  # never None once warmed up
+        # The hot loop: one comparison and two calls into River's core per score. An alerting score
+        # enters as the threshold itself, not as the score (unless update_on_alert): the exceedance
+        # is still counted (the estimate does not sink as the tail is cut off), yet it cannot lift
+        # the bar.
+        if clip:
+            for s in rest:
+                record(current)
+                update(s if s <= current else current)
+                current = estimate_now()
+        else:
+            for s in rest:
+                record(current)
+                update(s)
+                current = estimate_now()
+        self.n_seen = n_seen + len(rest)
+        out = np.array(thresholds, dtype=np.float64)
+        return out, np.asarray(scores, dtype=np.float64) > out
 
 
 def _methods(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -9,9 +10,11 @@ import threading
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from streamer.alerts import Alert
+from streamer.config import EventSettings
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -58,6 +61,21 @@ def test_run_with_each_model_kind(kind: str, kit, normal, tmp_path: Path) -> Non
     alerts = [Alert.model_validate(a) for a in kit.read(names["alerts"])]
     assert alerts and {a.model.kind for a in alerts} == {kind}
     assert kit.committed(names["group"], topic) == report.end_offsets
+    # The default per-key cooldown (events.alert_cooldown): per sensor, in its partition's order,
+    # two published alerts are more than that many of the sensor's scored events apart, and the
+    # scores topic flags exactly the published ones.
+    cooldown = EventSettings().alert_cooldown
+    per_sensor: dict[bytes, list[tuple[int, int, bool]]] = {}
+    for key, value in kit.read_raw(names["scores"]):
+        r = orjson.loads(value)
+        per_sensor.setdefault(key, []).append((r["partition"], r["offset"], r["alert"]))
+    flagged = 0
+    for events in per_sensor.values():
+        events.sort()
+        at = [i for i, (_, _, alert) in enumerate(events) if alert]
+        flagged += len(at)
+        assert all(b - a > cooldown for a, b in itertools.pairwise(at)), at
+    assert flagged == len(alerts)
 
 
 def test_new_checkpoint_is_swapped_in_and_a_bad_one_refused(

@@ -49,7 +49,9 @@ def test_run_scores_alerts_dead_letters_and_commits_everything(
         kit.run_args(
             names, dense_checkpoint, "--max-events", str(report.count), "--idle-exit", "60"
         ),
-        env=kit.env(STREAMER_EVENTS__MAX_MESSAGE_BYTES="4096"),
+        # every decision published, so that recall and precision judge each event (the per-key
+        # cooldown is tested in tests/streamer/test_pipeline.py and test_dedup.py)
+        env=kit.env(STREAMER_EVENTS__MAX_MESSAGE_BYTES="4096", STREAMER_EVENTS__ALERT_COOLDOWN="0"),
         capture_output=True,
         timeout=180,
     )

@@ -117,7 +117,7 @@ def test_replay_is_the_production_path_exactly(tmp_path: Path) -> None:
     d = replay(scorer, series.test, threshold=settings, batch=BatchSettings(max_events=64))
     expected, _ = scorer.score(lag_windows(series.test, scorer.window))
     np.testing.assert_allclose(d.scores, expected, rtol=1e-12)
-    t = QuantileThreshold(settings.q, initial_scores=scorer.train_scores)
+    t = QuantileThreshold(settings.q, window=settings.window, initial_scores=scorer.train_scores)
     thresholds, exceeds = t.decide(expected)
     np.testing.assert_array_equal(d.thresholds, thresholds)
     np.testing.assert_array_equal(d.exceeds, exceeds)  # the pipeline's per-event decisions
