@@ -72,7 +72,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-field", help="event field holding the entity key (alert key)")
     p.add_argument("--time-field", help="event field holding the event time")
     p.add_argument("--q", type=float, help="threshold quantile, default 0.99")
-    p.add_argument("--window", type=int, help="rolling window of the quantile estimate (events)")
+    p.add_argument("--window", type=int, help="rolling window of the quantile estimate in scores (default 2000; 0 = all history)")
     p.add_argument(
         "--update-on-alert",
         action=argparse.BooleanOptionalAction,

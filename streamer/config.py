@@ -116,9 +116,19 @@ class ThresholdSettings(_Section):
     # beats both baselines on SMAP, MSL and ASD, where q = 0.995 over all history did only on SMAP.
     q: float = Field(default=0.99, gt=0.0, lt=1.0)
     window: int | None = Field(
-        default=2_000, ge=10, description="RollingQuantile window; None = all history (P-square)"
+        default=2_000,
+        ge=10,
+        description="RollingQuantile window; 0 or none = all history (P-square)",
     )
     update_on_alert: bool = False
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _all_history(cls, value: Any) -> Any:
+        """0, "none" or "null" (an env var or TOML has no null) mean all history."""
+        if value == 0 or (isinstance(value, str) and value.strip().lower() in ("0", "none", "null")):
+            return None
+        return value
 
 
 class ModelSettings(_Section):

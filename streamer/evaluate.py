@@ -617,7 +617,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threshold-window",
         type=int,
-        help=f"rolling window of the quantile estimate (default {defaults_t.window})",
+        help=f"rolling window of the quantile estimate (default {defaults_t.window}; 0 = all history)",
     )
     p.add_argument(
         "--update-on-alert",

@@ -87,3 +87,28 @@ def test_device_auto_and_unavailable_cuda(trained: dict[str, TrainResult]) -> No
             load_checkpoint(path, device="cuda")
     with pytest.raises(ModelError):
         load_checkpoint(path, device="tpu")
+
+
+def test_errors_are_normalised_per_feature_by_held_back_error(
+    make_data: Callable[..., np.ndarray],
+    make_batch: Callable[[str, np.ndarray], np.ndarray],
+    trained: dict[str, TrainResult],
+    kind: str,
+) -> None:
+    """dense/conv: each feature's squared error is divided by its typical held-back error (stored in
+    the checkpoint, floored at the median over features); the score is their mean. VAE: raw ELBO."""
+    s = trained[kind].scorer
+    if kind == "vae":
+        assert s.error_scale is None
+        return
+    scale = s.error_scale
+    assert scale is not None and scale.shape == (6,) and (scale > 0).all()
+    assert np.isclose(scale, scale.min()).sum() >= 3  # the lower half floored at the median
+    x = make_batch(kind, make_data(40, seed=9))
+    score, err = s.score(x)
+    with torch.inference_mode():
+        _, raw = s.model.anomaly_score(s._scaled(x))
+    np.testing.assert_allclose(err, raw.numpy() / scale, rtol=1e-5)
+    np.testing.assert_allclose(score, err.mean(axis=1), rtol=1e-5)
+    # the held-back scores that start the threshold are in the same normalised units
+    assert 0.2 < float(np.mean(s.train_scores)) < 5.0
