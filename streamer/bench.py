@@ -70,6 +70,8 @@ class BenchConfig:
     rounds: int = 3
     pass_s: float = 1.0  # shortest timed pass of one in-process figure
     batch_events: int | None = None  # None: the detector's default (BatchSettings.max_events)
+    threshold_window: int | None = None  # None: the detector's default; 0: all history (P-square)
+    alert_cooldown: int | None = None  # None: the detector's default (EventSettings.alert_cooldown)
     max_wait_ms: int | None = None  # None: the detector's default (BatchSettings.max_wait_ms)
     threads: int = 1  # torch intra-op threads
     # fetch.wait.max.ms of every consumer on the embedded broker (see streamer.loadgen)
@@ -203,6 +205,14 @@ def _pipeline_step(
     return step
 
 
+def _threshold_overrides(config: BenchConfig) -> dict[str, Any]:
+    return {} if config.threshold_window is None else {"window": config.threshold_window}
+
+
+def _events_overrides(config: BenchConfig) -> dict[str, Any]:
+    return {} if config.alert_cooldown is None else {"alert_cooldown": config.alert_cooldown}
+
+
 def _stage_table(totals: dict[str, float], events: float) -> dict[str, float]:
     """Microseconds per event for each stage present."""
     return {s: round(totals[s] / events * 1e6, 4) for s in STAGES if s in totals and events}
@@ -218,10 +228,11 @@ def measure_in_process(
     from streamer.decode import Decoder
     from streamer.pipeline import Pipeline
 
-    events = EventSettings(key_field=KEY_FIELD, time_field=TIME_FIELD)
+    events = EventSettings(key_field=KEY_FIELD, time_field=TIME_FIELD, **_events_overrides(config))
+    threshold = ThresholdSettings(**_threshold_overrides(config))
     decoder = Decoder(workload.features, events.max_message_bytes)
     batches = _batches(workload.values, batch_events)
-    pipelines = {k: Pipeline(s, ThresholdSettings(), events) for k, s in scorers.items()}
+    pipelines = {k: Pipeline(s, threshold, events) for k, s in scorers.items()}
     totals: dict[str, dict[str, float]] = {k: {} for k in scorers}
     steps = {k: _pipeline_step(p, workload, totals[k]) for k, p in pipelines.items()}
     decode_rates: list[float] = []
@@ -255,7 +266,7 @@ def measure_in_process(
     main_scorer = scorers[config.model]
     if main_scorer.device.type != "cpu" and callable(getattr(main_scorer, "submit", None)):
         # Decoding the next chunk while the device scores this one, against one pass per batch.
-        serial = Pipeline(main_scorer, ThresholdSettings(), events, overlap_chunk=1 << 30)
+        serial = Pipeline(main_scorer, threshold, events, overlap_chunk=1 << 30)
         out["pipeline_events_per_s_without_overlap"] = round(
             _timed(_pipeline_step(serial, workload, {}), batches, config.pass_s)
         )
@@ -491,7 +502,12 @@ def measure_broker(
                 "session_timeout_ms": 6000,
             },
             "model": {"reload_interval_s": 0, "device": config.device},
-            "events": {"key_field": KEY_FIELD, "time_field": TIME_FIELD},
+            "events": {
+                "key_field": KEY_FIELD,
+                "time_field": TIME_FIELD,
+                **_events_overrides(config),
+            },
+            "threshold": _threshold_overrides(config),
             "log": {"level": "WARNING"},
         }
         if config.batch_events is not None:
@@ -880,7 +896,9 @@ def format_report(result: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_avg_1m']} -> "
         f"{m.get('load_avg_1m_end', '?')}; Python {m['python']}, torch {m['torch']} "
         f"({c['threads']} intra-op thread(s)); GPU: {m['gpu'] or 'none'}. Model: {c['model']}, "
-        f"device {c['device']}.",
+        f"device {c['device']}. Threshold window: "
+        f"{'default' if c.get('threshold_window') is None else c['threshold_window']}, alert "
+        f"cooldown: {'default' if c.get('alert_cooldown') is None else c['alert_cooldown']}.",
         "",
     ]
     for f, fig in result["by_features"].items():
@@ -1041,6 +1059,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--batch-size", type=int, default=None, help="events per micro-batch (default: run's)"
     )
     p.add_argument("--max-wait-ms", type=int, default=None, help="batch wait (default: run's)")
+    p.add_argument(
+        "--threshold-window",
+        type=int,
+        default=None,
+        help="threshold.window (default: run's; 0 = all history)",
+    )
+    p.add_argument(
+        "--alert-cooldown", type=int, default=None, help="events.alert_cooldown (default: run's)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default 1)")
     p.add_argument("--no-broker", action="store_true", help="in-process figures only")
     p.add_argument(
@@ -1063,6 +1090,8 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         "rounds": args.rounds,
         "batch_events": args.batch_size,
         "max_wait_ms": args.max_wait_ms,
+        "threshold_window": args.threshold_window,
+        "alert_cooldown": args.alert_cooldown,
         "threads": args.threads,
         "broker": not args.no_broker,
         "seed": args.seed,
