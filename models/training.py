@@ -290,32 +290,13 @@ def train(
     model.load_state_dict(best_state)
 
     # Scores of held-back normal data, through the same path as serving.
-    scorer = Scorer(
-        model,
-        scaler,
-        features=features,
-        name="",
-        version="",
-        train_scores=np.empty(0),
-        device=device,
-    )
     val = split.val
     if len(val) > config.max_train_scores:
         pick = torch.randperm(len(val), generator=gen)[: config.max_train_scores].numpy()
         val = np.sort(val[pick])
-    def held_back() -> tuple[np.ndarray, np.ndarray]:
-        parts = [
-            scorer.score(split.take(split.raw, val[i : i + _EVAL_CHUNK]))
-            for i in range(0, len(val), _EVAL_CHUNK)
-        ]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    train_scores, errors = held_back()
-    error_scale = None
-    if config.normalize_errors and config.kind in ("dense", "conv"):
-        typical = errors.astype(np.float64).mean(axis=0)  # (F,)
-        floor = max(float(np.median(typical)), 1e-6)
-        error_scale = np.maximum(typical, floor).astype(np.float32)
+    def held_back(error_scale: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, per-feature errors) of the held-back rows, scored as the detector will."""
         scorer = Scorer(
             model,
             scaler,
@@ -326,7 +307,19 @@ def train(
             device=device,
             error_scale=error_scale,
         )
-        train_scores, _ = held_back()
+        parts = [
+            scorer.score(split.take(split.raw, val[i : i + _EVAL_CHUNK]))
+            for i in range(0, len(val), _EVAL_CHUNK)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    train_scores, errors = held_back(None)
+    error_scale = None
+    if config.normalize_errors and config.kind in ("dense", "conv"):
+        typical = errors.astype(np.float64).mean(axis=0)  # (F,)
+        floor = max(float(np.median(typical)), 1e-6)
+        error_scale = np.maximum(typical, floor).astype(np.float32)
+        train_scores, _ = held_back(error_scale)
 
     save_checkpoint(
         out,

@@ -40,7 +40,8 @@ class FeatureContribution(_Record):
     feature: str
     value: float = Field(description="the event's value, in the event's units")
     error: float = Field(
-        ge=0, description="this feature's squared reconstruction error (scaled units)"
+        ge=0, description="this feature's squared reconstruction error (scaled units; dense and conv: "
+        "divided by its typical error on held-back normal data)"
     )
     share: float = Field(ge=0, le=1, description="error / total error of the event")
 
