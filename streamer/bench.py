@@ -71,7 +71,7 @@ class BenchConfig:
     pass_s: float = 1.0  # shortest timed pass of one in-process figure
     batch_events: int | None = None  # None: the detector's default (BatchSettings.max_events)
     threshold_window: int | None = None  # None: the detector's default; 0: all history (P-square)
-    alert_cooldown: int | None = None  # None: the detector's default (EventSettings.alert_cooldown)
+    alert_cooldown_s: float | None = None  # None: the detector's default (events.alert_cooldown_s)
     max_wait_ms: int | None = None  # None: the detector's default (BatchSettings.max_wait_ms)
     threads: int = 1  # torch intra-op threads
     # fetch.wait.max.ms of every consumer on the embedded broker (see streamer.loadgen)
@@ -210,7 +210,7 @@ def _threshold_overrides(config: BenchConfig) -> dict[str, Any]:
 
 
 def _events_overrides(config: BenchConfig) -> dict[str, Any]:
-    return {} if config.alert_cooldown is None else {"alert_cooldown": config.alert_cooldown}
+    return {} if config.alert_cooldown_s is None else {"alert_cooldown_s": config.alert_cooldown_s}
 
 
 def _stage_table(totals: dict[str, float], events: float) -> dict[str, float]:
@@ -505,6 +505,9 @@ def measure_broker(
             "events": {
                 "key_field": KEY_FIELD,
                 "time_field": TIME_FIELD,
+                # Through the broker every exceedance is published, so that each is a latency
+                # sample: with the default 50 s cooldown the 64 sensors would give at most 64.
+                "alert_cooldown_s": 0.0,
                 **_events_overrides(config),
             },
             "threshold": _threshold_overrides(config),
@@ -898,7 +901,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"({c['threads']} intra-op thread(s)); GPU: {m['gpu'] or 'none'}. Model: {c['model']}, "
         f"device {c['device']}. Threshold window: "
         f"{'default' if c.get('threshold_window') is None else c['threshold_window']}, alert "
-        f"cooldown: {'default' if c.get('alert_cooldown') is None else c['alert_cooldown']}.",
+        f"cooldown: {'default' if c.get('alert_cooldown_s') is None else c['alert_cooldown_s']} s.",
         "",
     ]
     for f, fig in result["by_features"].items():
@@ -1066,7 +1069,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="threshold.window (default: run's; 0 = all history)",
     )
     p.add_argument(
-        "--alert-cooldown", type=int, default=None, help="events.alert_cooldown (default: run's)"
+        "--alert-cooldown-s",
+        type=float,
+        default=None,
+        help="events.alert_cooldown_s (default: run's)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default 1)")
     p.add_argument("--no-broker", action="store_true", help="in-process figures only")
@@ -1091,7 +1097,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         "batch_events": args.batch_size,
         "max_wait_ms": args.max_wait_ms,
         "threshold_window": args.threshold_window,
-        "alert_cooldown": args.alert_cooldown,
+        "alert_cooldown_s": args.alert_cooldown_s,
         "threads": args.threads,
         "broker": not args.no_broker,
         "seed": args.seed,

@@ -114,7 +114,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 "events": {
                     "key_field": sim.key_field,
                     "time_field": sim.time_field,
-                    "alert_cooldown": 0,
+                    "alert_cooldown_s": 0,
                 },
                 "threshold": {"q": config.q, "window": None},
                 "log": {"level": "WARNING"},

@@ -34,7 +34,7 @@ import orjson
 
 from streamer.baselines import BASELINE_KINDS, HalfSpaceTreesScorer, PCAScorer
 from streamer.config import BatchSettings, EventSettings, ThresholdSettings
-from streamer.dedup import DEFAULT_COOLDOWN
+from streamer.dedup import DEFAULT_COOLDOWN_S
 from streamer.errors import DataError, StreamerError
 from streamer.metrics import detection_report
 from streamer.nab import nab_score, probation_rows
@@ -336,17 +336,18 @@ def replay(
     batch: BatchSettings | None = None,
     events: EventSettings | None = None,
     entities: np.ndarray | None = None,
-    cooldown: int = DEFAULT_COOLDOWN,
+    cooldown: float = DEFAULT_COOLDOWN_S,
 ) -> Decisions:
     """Feed the rows ``x`` (M, F) as JSON events, in order, through a fresh :class:`Pipeline`.
 
     Micro-batches hold ``batch.max_events`` events, as ``streamer run`` would form them from a busy
     topic. ``entities`` (one key per row) become the Kafka message keys; without them every row is
     of one series. ``cooldown`` de-duplicates the published alerts per key in the pipeline, as
-    ``events.alert_cooldown`` does in ``streamer run`` (0 = off); the threshold sees every score either way.
+    ``events.alert_cooldown_s`` does in ``streamer run``, one row being one second of event time
+    (0 = off); the threshold sees every score either way.
     """
     batch = batch or BatchSettings()
-    events = (events or EventSettings()).model_copy(update={"alert_cooldown": cooldown})
+    events = (events or EventSettings()).model_copy(update={"alert_cooldown_s": float(cooldown)})
     pipeline = Pipeline(scorer, threshold, events)
     values = _encode(scorer.features, x)
     keys: list[bytes] = (
@@ -366,7 +367,8 @@ def replay(
         chunk = values[lo : lo + step]
 
         def origin(i: int, lo: int = lo) -> Message:
-            return Message(values[lo + i], keys[lo + i], _TOPIC, 0, lo + i)
+            # one row is one second of event time (the alert cooldown is in seconds)
+            return Message(values[lo + i], keys[lo + i], _TOPIC, 0, lo + i, (lo + i) * 1_000)
 
         def chunk_keys(lo: int = lo) -> list[bytes]:
             return keys[lo : lo + step]
@@ -464,7 +466,7 @@ def evaluate_series(
     spec: DetectorSpec,
     threshold: ThresholdSettings,
     batch: BatchSettings | None = None,
-    cooldown: int = DEFAULT_COOLDOWN,
+    cooldown: float = DEFAULT_COOLDOWN_S,
     keep_decisions: bool = False,
 ) -> list[EvalResult]:
     """Fit and replay each detector kind on one series under the same protocol; one result per kind."""
@@ -632,10 +634,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--cooldown",
-        type=int,
-        default=DEFAULT_COOLDOWN,
-        help="alert de-duplication: a key's alerts are suppressed for N of its events after each "
-        f"alert it raised (default {DEFAULT_COOLDOWN}; 0 = off)",
+        type=float,
+        default=DEFAULT_COOLDOWN_S,
+        help="alert de-duplication, as events.alert_cooldown_s with one row per second: a key's "
+        f"alerts are not published for N rows after each one published (default "
+        f"{DEFAULT_COOLDOWN_S:g}; 0 = off)",
     )
     p.add_argument("--window", type=int, default=defaults_d.window, help="conv / lag window length")
     p.add_argument("--latent-dim", type=int, help="autoencoder latent width (default: from F)")

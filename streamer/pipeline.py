@@ -138,7 +138,7 @@ class Pipeline:
         self._windows: EntityWindows | None = None
         self.scorer = scorer
         self.threshold = self._new_threshold(scorer)
-        self.cooldown = AlertCooldown(events.alert_cooldown)
+        self.cooldown = AlertCooldown(events.alert_cooldown_s)
         self.decoder = self._new_decoder(scorer)
         self._windows = self._new_windows(scorer)
 
@@ -166,9 +166,8 @@ class Pipeline:
         )
 
     def _new_decoder(self, scorer: ScorerLike) -> Decoder:
-        """Each event's key field is needed on the hot path only to build windows and for the cooldown."""
-        needed = scorer.window > 1 or self.events.alert_cooldown > 0
-        key = self.events.key_field if needed else None
+        """Each event's key field is needed on the hot path only to build windows."""
+        key = self.events.key_field if scorer.window > 1 else None
         return Decoder(scorer.features, self.events.max_message_bytes, key_field=key)
 
     @staticmethod
@@ -217,11 +216,7 @@ class Pipeline:
             decoded.rejected = rejected
             scores, per_feature = scores[keep], per_feature[keep]
         thresholds, alert_mask = self.threshold.decide(scores)
-        published = alert_mask
-        if self.cooldown.cooldown and (self.cooldown.active or alert_mask.any()):
-            published = self.cooldown.apply(
-                alert_mask, self._entities(origin, decoded, message_keys)
-            )
+        published = self._cooldown(origin, decoded, alert_mask)
         t4 = time.perf_counter()
         timings["threshold"] = t4 - t3
 
@@ -240,6 +235,27 @@ class Pipeline:
             dead_index=[i for i, _ in rejected],
             timings=timings,
         )
+
+    def _cooldown(
+        self, origin: Callable[[int], Message], decoded: DecodedBatch, alert_mask: np.ndarray
+    ) -> np.ndarray:
+        """The alerts to publish: per entity, none within the cooldown after the last one published.
+        Only alerting events are looked at (their entity and Kafka timestamp)."""
+        rows = np.flatnonzero(alert_mask)
+        if not len(rows) or self.cooldown.cooldown_ms == 0:
+            return alert_mask
+        keys: list[Hashable] = []
+        times: list[float] = []
+        now_ms = time.time() * 1000.0
+        for j in rows.tolist():
+            index = int(decoded.valid[j])
+            msg = origin(index)
+            keys.append(self._entity(origin, index, decoded.event(j)))
+            ts = msg.timestamp_ms
+            times.append(float(ts) if ts is not None and ts >= 0 else now_ms)
+        published = np.zeros_like(alert_mask)
+        published[rows] = self.cooldown.apply(keys, times)
+        return published
 
     def _model_input(
         self,

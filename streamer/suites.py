@@ -28,7 +28,7 @@ import structlog
 
 from streamer.baselines import BASELINE_KINDS
 from streamer.config import BatchSettings, ThresholdSettings
-from streamer.dedup import DEFAULT_COOLDOWN
+from streamer.dedup import DEFAULT_COOLDOWN_S
 from streamer.errors import DataError
 from streamer.evaluate import (
     DetectorSpec,
@@ -193,7 +193,7 @@ def run_suite(
     spec: DetectorSpec,
     threshold: ThresholdSettings,
     batch: BatchSettings | None = None,
-    cooldown: int = DEFAULT_COOLDOWN,
+    cooldown: float = DEFAULT_COOLDOWN_S,
     max_series: int | None = None,
     features: Sequence[str] | None = None,
     on_series: Callable[[Series, list[EvalResult]], None] | None = None,

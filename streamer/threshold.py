@@ -1,7 +1,8 @@
 """The adaptive alert threshold: an online estimate of the q-quantile of recent scores.
 
-River's ``stats.Quantile`` (P-square, all history) by default, ``stats.RollingQuantile`` when a window is
-configured. The estimate starts from the model's scores on held-back normal training data, so there is no
+River's ``stats.Quantile`` (P-square, all history; the service's default), or ``stats.RollingQuantile``
+(exact over the last ``window`` scores). The estimate starts from the model's scores on held-back normal
+training data, so there is no
 blind warm-up. By default a score that raises an alert enters the estimate clipped to the threshold it
 exceeded: an attack or an outage cannot lift the bar that detects it, and yet the exceedance still counts,
 so the estimate does not sink as it would if alerts were simply left out (leaving out the top 1-q of every

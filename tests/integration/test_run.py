@@ -51,7 +51,7 @@ def test_run_scores_alerts_dead_letters_and_commits_everything(
         ),
         # every decision published, so that recall and precision judge each event (the per-key
         # cooldown is tested in tests/streamer/test_pipeline.py and test_dedup.py)
-        env=kit.env(STREAMER_EVENTS__MAX_MESSAGE_BYTES="4096", STREAMER_EVENTS__ALERT_COOLDOWN="0"),
+        env=kit.env(STREAMER_EVENTS__MAX_MESSAGE_BYTES="4096", STREAMER_EVENTS__ALERT_COOLDOWN_S="0"),
         capture_output=True,
         timeout=180,
     )

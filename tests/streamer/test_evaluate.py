@@ -15,7 +15,7 @@ import pytest
 from streamer import evaluate
 from streamer.baselines import PCAScorer, lag_windows
 from streamer.config import BatchSettings, ThresholdSettings
-from streamer.dedup import DEFAULT_COOLDOWN, AlertCooldown
+from streamer.dedup import DEFAULT_COOLDOWN_S, AlertCooldown
 from streamer.errors import DataError
 from streamer.evaluate import (
     DetectorSpec,
@@ -121,8 +121,13 @@ def test_replay_is_the_production_path_exactly(tmp_path: Path) -> None:
     thresholds, exceeds = t.decide(expected)
     np.testing.assert_array_equal(d.thresholds, thresholds)
     np.testing.assert_array_equal(d.exceeds, exceeds)  # the pipeline's per-event decisions
-    published = AlertCooldown(DEFAULT_COOLDOWN).apply(exceeds, ["series"] * len(exceeds))
-    np.testing.assert_array_equal(d.alerts, published)  # then de-duplicated per key
+    # then de-duplicated per key, one row being one second
+    rows = np.flatnonzero(exceeds)
+    published = np.zeros_like(exceeds)
+    published[rows] = AlertCooldown(DEFAULT_COOLDOWN_S).apply(
+        ["series"] * len(rows), (rows * 1000.0).tolist()
+    )
+    np.testing.assert_array_equal(d.alerts, published)
     assert 0 < d.alerts.sum() < d.exceeds.sum()
     assert d.dead_lettered == 0
 
@@ -174,12 +179,13 @@ def test_decisions_file_has_one_row_per_test_row(tmp_path: Path) -> None:
 
 
 def test_cooldown_deduplicates_alerts_per_key() -> None:
-    c = AlertCooldown(3)
-    alerts = np.array([1, 1, 1, 1, 1, 0, 0, 1, 1], dtype=bool)
-    keys = ["a", "b", "a", "b", "a", "a", "a", "a", "b"]
-    # a: rows 0 (alert), 2, 4, 5 quiet (3 events), 6, 7 alert; b: rows 1 (alert), 3, 8 quiet
-    assert c.apply(alerts, keys).astype(int).tolist() == [1, 1, 0, 0, 0, 0, 0, 1, 0]
-    assert AlertCooldown(0).apply(alerts, keys).tolist() == alerts.tolist()
+    c = AlertCooldown(3.0)
+    keys = ["a", "b", "a", "b", "a", "a", "b"]
+    times = [0, 1_000, 2_000, 3_000, 2_999, 3_000, 4_000]  # ms
+    # a: 0 published, quiet until 3 s: 2 s and 2.999 s suppressed, 3 s published;
+    # b: 1 s published, quiet until 4 s: 3 s suppressed, 4 s published
+    assert c.apply(keys, times) == [True, True, False, False, False, True, True]
+    assert AlertCooldown(0).apply(keys, times) == [True] * 7
     with pytest.raises(ValueError):
         AlertCooldown(-1)
 

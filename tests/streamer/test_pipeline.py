@@ -166,20 +166,24 @@ def test_empty_batch() -> None:
     assert result.n_messages == 0 and not result.alerts and not result.dead_letters
 
 
-def test_alert_cooldown_publishes_one_alert_per_key_and_run_of_events() -> None:
-    """Every event over the threshold stays an alert decision; per key, alerts within the cooldown
-    are not published. Keys come from the key field when configured, else from the Kafka key."""
+def test_alert_cooldown_publishes_one_alert_per_key_within_its_period() -> None:
+    """Every event over the threshold stays an alert decision; per entity, alerts within the cooldown
+    (in Kafka timestamps) after a published one are not published. The entity is the key field when
+    configured, else the Kafka key."""
     hot = {"x": 9.0, "y": 9.0, "z": 9.0}
     for by_field in (True, False):
         events = {"key_field": "id"} if by_field else {}
-        pipeline = make(alert_cooldown=3, **events)
-        published: list[tuple[int, bool]] = []
-        for lo in (0, 4):  # two batches: the quiet count carries over
+        pipeline = make(alert_cooldown_s=3.0, **events)
+        published: list[int] = []
+        for lo in (0, 4):  # two batches: the quiet period carries over
             batch = [
-                message(
-                    i,
-                    {**hot, **({"id": f"e{i % 2}"} if by_field else {})},
-                    key=f"e{i % 2}".encode() if not by_field else b"same",
+                Message(
+                    value=orjson.dumps({**hot, **({"id": f"e{i % 2}"} if by_field else {})}),
+                    key=b"same" if by_field else f"e{i % 2}".encode(),
+                    topic="in",
+                    partition=0,
+                    offset=i,
+                    timestamp_ms=1_000 * i,  # one event a second
                 )
                 for i in range(lo, lo + 4)
             ]
@@ -187,9 +191,9 @@ def test_alert_cooldown_publishes_one_alert_per_key_and_run_of_events() -> None:
             assert result.alert_mask.all()
             assert result.published is not None
             assert len(result.alerts) == int(result.published.sum())
-            published += list(zip(range(lo, lo + 4), result.published.tolist(), strict=True))
-        # e0 alerts at event 0, stays quiet for its next 3 events (2, 4, 6); e1 likewise from event 1
-        assert [i for i, p in published if p] == [0, 1], by_field
-    pipeline = make(alert_cooldown=0)
+            published += [lo + k for k, p in enumerate(result.published.tolist()) if p]
+        # e0 at 0 s, quiet until 3 s: 2 s suppressed, 4 s published, 6 s suppressed; e1 likewise
+        assert published == [0, 1, 4, 5], by_field
+    pipeline = make(alert_cooldown_s=0)
     result = pipeline.process_messages([message(i, hot) for i in range(3)])
     assert len(result.alerts) == 3
