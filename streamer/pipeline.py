@@ -192,8 +192,7 @@ class Pipeline:
 
         ``origin`` is called only for the few messages that become alerts or dead letters, so no
         per-message object is built on the hot path. ``message_keys()``, when given, returns every
-        message's Kafka key at once: the entities of windowed models and of the alert cooldown, when
-        events carry no key field.
+        message's Kafka key at once: the entities of a windowed model when events carry no key field.
         """
         timings: dict[str, float] = {}
         submit = _async_submit(self.scorer)
