@@ -82,15 +82,11 @@ class BatchResult:
     scores: np.ndarray  # (V,) float64
     thresholds: np.ndarray  # (V,) threshold each score was compared with
     alert_mask: np.ndarray  # (V,) bool: the score exceeded its threshold
+    published: np.ndarray  # (V,) bool: alerts published, after the per-key cooldown
     alerts: list[tuple[bytes | None, bytes]]  # (Kafka key, alert JSON), one per published row
     dead_letters: list[tuple[bytes | None, bytes]]  # (Kafka key, dead-letter JSON)
     dead_index: list[int] = field(default_factory=list)  # batch index of each dead letter
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    published: np.ndarray | None = None  # (V,) bool: alerts published after the per-key cooldown
-
-    def __post_init__(self) -> None:
-        if self.published is None:
-            self.published = self.alert_mask
 
 
 _PLAIN_KEYS = frozenset({str, int})  # key field values used as they are (bool is not one)

@@ -347,8 +347,7 @@ class Detector:
         return found
 
     def _produce_scores(self, topic: str, batch: list[KafkaMessage], result: BatchResult) -> None:
-        published = result.alert_mask if result.published is None else result.published
-        alerts = published.tolist()
+        alerts = result.published.tolist()
         thresholds = result.thresholds.tolist()
         for j, (i, score) in enumerate(
             zip(result.valid.tolist(), result.scores.tolist(), strict=True)
