@@ -245,6 +245,7 @@ class DetectorSpec:
 
     window: int = 32
     latent_dim: int | None = None
+    normalize_errors: bool = True  # as TrainConfig.normalize_errors
     # Early stopping at 3-5 epochs without progress stops too soon on these datasets: at 60/10 the
     # dense model's mean F1 rises by a fifth to four fifths on SMAP, MSL and ASD (see the README).
     epochs: int = 60
@@ -299,6 +300,7 @@ def fit_detector(kind: str, series: Series, spec: DetectorSpec, workdir: Path) -
         seed=spec.seed,
         window=window,
         latent_dim=spec.latent_dim,
+        normalize_errors=spec.normalize_errors,
         val_fraction=spec.val_fraction,
         progress=False,
         name=kind,
@@ -642,6 +644,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--window", type=int, default=defaults_d.window, help="conv / lag window length")
     p.add_argument("--latent-dim", type=int, help="autoencoder latent width (default: from F)")
+    p.add_argument(
+        "--raw-errors",
+        action="store_true",
+        help="score raw squared errors, without the per-feature normalisation (dense, conv)",
+    )
     p.add_argument("--epochs", type=int, default=defaults_d.epochs, help="most training epochs")
     p.add_argument(
         "--patience",
@@ -695,6 +702,7 @@ def settings_from(
         DetectorSpec(),
         window=args.window,
         latent_dim=args.latent_dim,
+        normalize_errors=not args.raw_errors,
         epochs=args.epochs,
         patience=args.patience,
         max_train_rows=args.max_train_rows,

@@ -411,3 +411,21 @@ def test_real_asd_entity_with_pca_ranks_its_incidents_high() -> None:
     (pca,) = evaluate_series(series, ["pca"], FAST, ThresholdSettings())
     assert pca.metrics["roc_auc"] > 0.85  # 0.90 when written; chance is 0.5
     assert pca.metrics["f1"] > 0.3  # 0.37 when written; always alerting scores 0.08
+
+
+def test_cli_raw_errors_trains_without_error_normalisation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    series = sine_series(n_train=600, n_test=200)
+    rows = [
+        [float(v), float(v) ** 2, int(y)]
+        for v, y in zip(series.test[:, 0], series.labels, strict=True)
+    ]
+    train_rows = [[float(v), float(v) ** 2, 0] for v in series.train[:, 0]]
+    data = write_csv(tmp_path / "s.csv", ["a", "b", "label"], train_rows + rows)
+    argv = ["--model", "dense", "--no-baselines", "--test", str(data), "--train-fraction", "0.75",
+            "--label-column", "label", "--epochs", "3", "--json"]  # fmt: skip
+    for flag, expected in (([], True), (["--raw-errors"], False)):
+        assert run_cli(*argv, *flag) == 0
+        payload = orjson.loads(capsys.readouterr().out)
+        assert payload["settings"]["detector"]["normalize_errors"] is expected
