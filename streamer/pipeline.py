@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -300,6 +301,8 @@ class Pipeline:
         Windows are built chunk after chunk in arrival order, so every event sees the same window as
         in one pass. ``score`` counts only the time spent starting work and waiting for results.
         """
+        if message_keys is not None:
+            message_keys = cache(message_keys)  # one list of keys for the batch, sliced per chunk
         decode_s = features_s = score_s = 0.0
         parts: list[tuple[int, DecodedBatch]] = []
         results: list[tuple[np.ndarray, np.ndarray]] = []

@@ -208,7 +208,7 @@ class AsyncSquareScorer:
         self.submitted: list[int] = []
 
     def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        last = x if x.ndim == 2 else x[:, -1, :]
+        last = x if x.ndim == 2 else x.mean(axis=1)  # the whole window counts: entities matter
         err = (last.astype(np.float64) ** 2).astype(np.float32)
         return err.sum(axis=1).astype(np.float64), err
 
@@ -218,8 +218,10 @@ class AsyncSquareScorer:
         return type("Pending", (), {"result": lambda self: done})()
 
 
+@pytest.mark.parametrize("key_source", ["field", "kafka"])
 @pytest.mark.parametrize("window", [1, 4])
-def test_overlapped_chunks_give_the_results_of_one_pass(window: int) -> None:
+def test_overlapped_chunks_give_the_results_of_one_pass(window: int, key_source: str) -> None:
+    """Also with entities from the Kafka keys (``message_keys``), sliced per chunk."""
     from streamer.config import EventSettings, ThresholdSettings
     from streamer.pipeline import Message, Pipeline
 
@@ -236,14 +238,16 @@ def test_overlapped_chunks_give_the_results_of_one_pass(window: int) -> None:
         pipeline = Pipeline(
             scorer,
             ThresholdSettings(q=0.99),
-            EventSettings(key_field="id"),
+            EventSettings(key_field="id") if key_source == "field" else EventSettings(),
             now=lambda: datetime(2026, 1, 1, tzinfo=UTC),
             overlap_chunk=30,
         )
+        keys = [f"e{i % 5}".encode() if key_source == "kafka" else b"k" for i in range(1_000)]
         results = [
             pipeline.process(
                 values[s : s + 500],
-                lambda i, s=s: Message(values[s + i], b"k", "t", 0, s + i, None),
+                lambda i, s=s: Message(values[s + i], keys[s + i], "t", 0, s + i, None),
+                message_keys=(lambda s=s: keys[s : s + 500]) if key_source == "kafka" else None,
             )
             for s in (0, 500)
         ]
