@@ -108,3 +108,79 @@ class ConvAutoencoder(nn.Module):
         """Scaled windows x (B, W, F) -> (score (B,), last-step squared error (B, F))."""
         err = (x[:, -1] - self.decode_last(self.encode(x))).square_()  # (B, F)
         return err.mean(dim=1), err
+
+
+def _bias(conv: nn.Conv1d) -> torch.Tensor:
+    if conv.bias is None:  # conv_stack always makes them; a hand-built module might not
+        raise ValueError("FrozenConvScorer needs convolutions with a bias")
+    return conv.bias
+
+
+class FrozenConvScorer:
+    """``anomaly_score`` of a trained ConvAutoencoder, rearranged for fast CPU inference.
+
+    The same function of the same weights (equal up to float rounding), computed differently:
+
+    - the encoder's convolutions run as 2-D convolutions on the window in channels-last layout,
+      which is (B, W, F) as the window arrives, so no transposed copy is made, and the linear
+      layer's columns are permuted once to match;
+    - the decoder's convolutions over the few positions the last step depends on are linear maps
+      of a handful of values each, so they become small matrices, built once by running the
+      layers on an identity basis: three small matrix products instead of padded convolutions.
+
+    The weights are copied when it is built: it must be rebuilt if the model changes (the Scorer,
+    whose model never changes, builds it once).
+    """
+
+    def __init__(self, model: ConvAutoencoder) -> None:
+        cfg = model.config
+        c, w, k = cfg.channels[-1], cfg.window, cfg.kernel_size
+        with torch.no_grad():
+            self._enc = [
+                (
+                    m.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last),
+                    _bias(m).detach().clone(),
+                )
+                for m in model.enc_conv
+                if isinstance(m, nn.Conv1d)
+            ]
+            self._pad = (0, k // 2)
+            fc = model.enc_fc.weight.detach()
+            self._enc_fc = (
+                fc.view(-1, c, w).permute(0, 2, 1).reshape(fc.shape[0], w * c).contiguous(),
+                model.enc_fc.bias.detach().clone(),
+            )
+            # The decoder's tail as affine maps on flattened (C, T) activations, with ReLU after each
+            # but the last: dec_fc's rows for the last T positions, then one matrix per conv.
+            convs = [m for m in model.dec_conv if isinstance(m, nn.Conv1d)]
+            tail = min(w, 1 + len(convs) * (k // 2))
+            weight = model.dec_fc.weight.detach().view(c, w, -1)[:, w - tail :]
+            bias = model.dec_fc.bias.detach().view(c, w)[:, w - tail :]
+            self._dec: list[tuple[torch.Tensor, torch.Tensor]] = [
+                (weight.reshape(c * tail, -1).t().contiguous(), bias.reshape(c * tail).clone())
+            ]
+            # as decode_last: zero padding exists only at the window's true start
+            left = k // 2 if tail == w else 0
+            length = tail
+            for i, conv in enumerate(convs):
+                basis = torch.eye(conv.in_channels * length).view(-1, conv.in_channels, length)
+                out = F.conv1d(F.pad(basis, (left, k // 2)), conv.weight.detach())  # (N, Cout, T')
+                b = _bias(conv).detach()[:, None].expand(-1, out.shape[2])
+                if i == len(convs) - 1:  # only the window's last step is scored
+                    out, b = out[:, :, -1:], b[:, -1:]
+                length = out.shape[2]
+                self._dec.append((out.reshape(len(basis), -1).contiguous(), b.reshape(-1).clone()))
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled windows x (B, W, F) -> (score (B,), last-step squared error (B, F))."""
+        h = x.transpose(1, 2).unsqueeze(2)  # (B, F, 1, W) view, channels-last in memory
+        for weight, bias in self._enc:
+            h = torch.relu_(F.conv2d(h, weight, bias, padding=self._pad))
+        z = F.linear(h.permute(0, 2, 3, 1).reshape(len(x), -1), *self._enc_fc)  # (B, L)
+        last = len(self._dec) - 1
+        for i, (weight, bias) in enumerate(self._dec):
+            z = torch.addmm(bias, z, weight)
+            if i < last:
+                z = torch.relu_(z)
+        err = (x[:, -1] - z).square_()  # (B, F)
+        return err.mean(dim=1), err

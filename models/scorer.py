@@ -7,12 +7,13 @@ runs one forward pass under `torch.inference_mode()` and returns numpy arrays.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from models.conv import ConvAutoencoder, FrozenConvScorer
 from models.errors import ModelError
 from models.kinds import AnyModel
 
@@ -97,6 +98,12 @@ class Scorer:
             self.error_scale = es
             self._err_div = torch.from_numpy(es).to(self.device)
         self._in_shape = (cfg.n_features,) if self.window == 1 else (self.window, cfg.n_features)
+        # The CPU forward pass: for conv, the same function rearranged for speed (models.conv).
+        self._forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = (
+            FrozenConvScorer(self.model)
+            if isinstance(self.model, ConvAutoencoder) and self.device.type == "cpu"
+            else self.model.anomaly_score
+        )
         self._cuda: CudaRunner | None = None
         if self.device.type == "cuda":
             from models.cuda import CudaRunner
@@ -153,7 +160,7 @@ class Scorer:
         if self._cuda is not None:
             return self.submit(x).result()
         with torch.inference_mode():
-            score, err = self.model.anomaly_score(self._scaled(x))
+            score, err = self._forward(self._scaled(x))
             if self._err_div is not None:
                 err = err / self._err_div
                 score = err.mean(dim=1)

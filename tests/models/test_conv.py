@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from models import ConvAutoencoder, ConvConfig
+from models.conv import FrozenConvScorer
 
 
 def make(window: int = 8, seed: int = 0) -> ConvAutoencoder:
@@ -75,3 +76,33 @@ def test_last_step_decoding_equals_full_decoding(
         )
     z = torch.randn(5, 4)
     torch.testing.assert_close(m.decode_last(z), m.decode(z)[:, -1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("n_features", "window", "kernel", "channels"),
+    [
+        (3, 4, 3, (8, 8)),
+        (3, 8, 5, (8,)),
+        (1, 32, 3, (16, 16)),
+        (5, 6, 5, (6, 5, 4)),
+        (16, 33, 3, (8, 4, 8)),
+    ],
+)
+def test_frozen_scorer_equals_anomaly_score(
+    n_features: int, window: int, kernel: int, channels: tuple[int, ...]
+) -> None:
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        m = ConvAutoencoder(
+            ConvConfig(n_features, window, channels, latent_dim=4, kernel_size=kernel)
+        ).eval()
+        x = torch.randn(37, window, n_features) * 3
+    frozen = FrozenConvScorer(m)
+    with torch.inference_mode():
+        expected, got = m.anomaly_score(x), frozen(x)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # built from a copy: later changes to the model do not reach it
+        m.enc_fc.bias.add_(1.0)
+        assert not torch.allclose(m.anomaly_score(x)[0], expected[0])
+    torch.testing.assert_close(frozen(x)[0], expected[0], rtol=1e-5, atol=1e-5)
