@@ -1063,6 +1063,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-wait-ms", type=int, default=None, help="batch wait (default: run's)")
     p.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        default=None,
+        help="fetch.wait.max.ms of the consumers on the embedded broker (default 10)",
+    )
+    p.add_argument(
         "--threshold-window",
         type=int,
         default=None,
@@ -1096,6 +1102,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         "rounds": args.rounds,
         "batch_events": args.batch_size,
         "max_wait_ms": args.max_wait_ms,
+        "fetch_wait_ms": args.fetch_wait_ms,
         "threshold_window": args.threshold_window,
         "alert_cooldown_s": args.alert_cooldown_s,
         "threads": args.threads,
