@@ -34,7 +34,7 @@ import orjson
 
 from streamer.baselines import BASELINE_KINDS, HalfSpaceTreesScorer, PCAScorer
 from streamer.config import BatchSettings, EventSettings, ThresholdSettings
-from streamer.dedup import DEFAULT_COOLDOWN_S
+from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION
 from streamer.errors import DataError, StreamerError
 from streamer.metrics import detection_report
 from streamer.nab import nab_score, probation_rows
@@ -338,18 +338,17 @@ def replay(
     batch: BatchSettings | None = None,
     events: EventSettings | None = None,
     entities: np.ndarray | None = None,
-    cooldown: float = DEFAULT_COOLDOWN_S,
 ) -> Decisions:
     """Feed the rows ``x`` (M, F) as JSON events, in order, through a fresh :class:`Pipeline`.
 
     Micro-batches hold ``batch.max_events`` events, as ``streamer run`` would form them from a busy
     topic. ``entities`` (one key per row) become the Kafka message keys; without them every row is
-    of one series. ``cooldown`` de-duplicates the published alerts per key in the pipeline, as
-    ``events.alert_cooldown_s`` does in ``streamer run``, one row being one second of event time
-    (0 = off); the threshold sees every score either way.
+    of one series. ``events.alert_cooldown_s`` and ``events.alert_escalation`` de-duplicate the
+    published alerts per key in the pipeline as in ``streamer run``, one row being one second of
+    event time; the threshold sees every score either way.
     """
     batch = batch or BatchSettings()
-    events = (events or EventSettings()).model_copy(update={"alert_cooldown_s": float(cooldown)})
+    events = events or EventSettings()
     pipeline = Pipeline(scorer, threshold, events)
     values = _encode(scorer.features, x)
     keys: list[bytes] = (
@@ -468,7 +467,7 @@ def evaluate_series(
     spec: DetectorSpec,
     threshold: ThresholdSettings,
     batch: BatchSettings | None = None,
-    cooldown: float = DEFAULT_COOLDOWN_S,
+    events: EventSettings | None = None,
     keep_decisions: bool = False,
 ) -> list[EvalResult]:
     """Fit and replay each detector kind on one series under the same protocol; one result per kind."""
@@ -484,7 +483,7 @@ def evaluate_series(
                 threshold=threshold,
                 batch=batch,
                 entities=series.test_entities,
-                cooldown=cooldown,
+                events=events,
             )
             out.append(
                 EvalResult(
@@ -642,6 +641,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"alerts are not published for N rows after each one published (default "
         f"{DEFAULT_COOLDOWN_S:g}; 0 = off)",
     )
+    p.add_argument(
+        "--escalation",
+        type=float,
+        default=DEFAULT_ESCALATION,
+        help="as events.alert_escalation: within the cooldown, an alert scoring this many times the "
+        f"key's last published one is published anyway (default {DEFAULT_ESCALATION:g}; 0 = off)",
+    )
     p.add_argument("--window", type=int, default=defaults_d.window, help="conv / lag window length")
     p.add_argument("--latent-dim", type=int, help="autoencoder latent width (default: from F)")
     p.add_argument(
@@ -681,8 +687,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def settings_from(
     args: argparse.Namespace,
-) -> tuple[ThresholdSettings, BatchSettings, DetectorSpec]:
-    """The threshold, batch and detector settings of an ``evaluate`` invocation."""
+) -> tuple[ThresholdSettings, BatchSettings, EventSettings, DetectorSpec]:
+    """The threshold, batch, alert de-duplication and detector settings of an ``evaluate`` run."""
     t = ThresholdSettings()
     updates: dict[str, Any] = {}
     if args.q is not None:
@@ -698,6 +704,7 @@ def settings_from(
         if args.batch_size is None
         else BatchSettings(**{**b.model_dump(), "max_events": args.batch_size})
     )
+    events = EventSettings(alert_cooldown_s=args.cooldown, alert_escalation=args.escalation)
     spec = replace(
         DetectorSpec(),
         window=args.window,
@@ -709,7 +716,7 @@ def settings_from(
         seed=args.seed,
         device=args.device,
     )
-    return threshold, batch, spec
+    return threshold, batch, events, spec
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -726,15 +733,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
         # CPUs and training slows down many times over; one thread per process is the safe default.
         torch.set_num_threads(args.threads)
     try:
-        threshold, batch, spec = settings_from(args)
+        threshold, batch, events, spec = settings_from(args)
     except ValidationError as exc:
         raise StreamerError(f"invalid setting: {exc.errors()[0]['msg']}") from None
-    if args.cooldown < 0:
-        raise StreamerError("--cooldown must be >= 0")
     if args.suite:
         from streamer.suites import run_suite_command
 
-        return run_suite_command(args, threshold, batch, spec)
+        return run_suite_command(args, threshold, batch, events, spec)
     if args.test is None:
         raise StreamerError("give --test PATH or --suite NAME")
     series = load_series(
@@ -748,7 +753,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     )
     kinds = resolve_kinds(args.model, series, baselines=not args.no_baselines)
     results = evaluate_series(
-        series, kinds, spec, threshold, batch, cooldown=args.cooldown, keep_decisions=True
+        series, kinds, spec, threshold, batch, events=events, keep_decisions=True
     )
     primary = results[0]
     if args.decisions_out and primary.decisions is not None:
@@ -766,7 +771,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
             "threshold": threshold.model_dump(),
             "batch": batch.model_dump(),
             "detector": asdict(spec),
-            "cooldown": args.cooldown,
+            "cooldown": events.alert_cooldown_s,
+            "escalation": events.alert_escalation,
         },
         "detectors": [r.to_dict() for r in results],
     }

@@ -135,7 +135,7 @@ class Pipeline:
         self._windows: EntityWindows | None = None
         self.scorer = scorer
         self.threshold = self._new_threshold(scorer)
-        self.cooldown = AlertCooldown(events.alert_cooldown_s)
+        self.cooldown = AlertCooldown(events.alert_cooldown_s, events.alert_escalation)
         self.decoder = self._new_decoder(scorer)
         self._windows = self._new_windows(scorer)
 
@@ -212,7 +212,7 @@ class Pipeline:
             decoded.rejected = rejected
             scores, per_feature = scores[keep], per_feature[keep]
         thresholds, alert_mask = self.threshold.decide(scores)
-        published = self._cooldown(origin, decoded, alert_mask)
+        published = self._cooldown(origin, decoded, alert_mask, scores)
         t4 = time.perf_counter()
         timings["threshold"] = t4 - t3
 
@@ -233,10 +233,15 @@ class Pipeline:
         )
 
     def _cooldown(
-        self, origin: Callable[[int], Message], decoded: DecodedBatch, alert_mask: np.ndarray
+        self,
+        origin: Callable[[int], Message],
+        decoded: DecodedBatch,
+        alert_mask: np.ndarray,
+        scores: np.ndarray,
     ) -> np.ndarray:
-        """The alerts to publish: per entity, none within the cooldown after the last one published.
-        Only alerting events are looked at (their entity and Kafka timestamp)."""
+        """The alerts to publish: per entity, none within the cooldown after the last one published
+        unless it escalates (streamer.dedup). Only alerting events are looked at (their entity, Kafka
+        timestamp and score)."""
         rows = np.flatnonzero(alert_mask)
         if not len(rows) or self.cooldown.cooldown_ms == 0:
             return alert_mask
@@ -250,7 +255,7 @@ class Pipeline:
             ts = msg.timestamp_ms
             times.append(float(ts) if ts is not None and ts >= 0 else now_ms)
         published = np.zeros_like(alert_mask)
-        published[rows] = self.cooldown.apply(keys, times)
+        published[rows] = self.cooldown.apply(keys, times, scores[rows].tolist())
         return published
 
     def _model_input(

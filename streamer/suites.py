@@ -27,8 +27,7 @@ import orjson
 import structlog
 
 from streamer.baselines import BASELINE_KINDS
-from streamer.config import BatchSettings, ThresholdSettings
-from streamer.dedup import DEFAULT_COOLDOWN_S
+from streamer.config import BatchSettings, EventSettings, ThresholdSettings
 from streamer.errors import DataError
 from streamer.evaluate import (
     DetectorSpec,
@@ -193,7 +192,7 @@ def run_suite(
     spec: DetectorSpec,
     threshold: ThresholdSettings,
     batch: BatchSettings | None = None,
-    cooldown: float = DEFAULT_COOLDOWN_S,
+    events: EventSettings | None = None,
     max_series: int | None = None,
     features: Sequence[str] | None = None,
     on_series: Callable[[Series, list[EvalResult]], None] | None = None,
@@ -208,7 +207,7 @@ def run_suite(
         if result is None:
             result = SuiteResult(name, run_kinds)
         t0 = time.perf_counter()
-        results = evaluate_series(series, run_kinds, spec, threshold, batch, cooldown=cooldown)
+        results = evaluate_series(series, run_kinds, spec, threshold, batch, events=events)
         result.add(series, results)
         log.info(
             "series_evaluated",
@@ -246,6 +245,7 @@ def run_suite_command(
     args: argparse.Namespace,
     threshold: ThresholdSettings,
     batch: BatchSettings,
+    events: EventSettings,
     spec: DetectorSpec,
 ) -> int:
     """``streamer evaluate --suite NAME --data-dir DIR``: tables on the terminal, JSON on request."""
@@ -261,7 +261,7 @@ def run_suite_command(
         spec,
         threshold,
         batch,
-        cooldown=args.cooldown,
+        events=events,
         max_series=args.max_series,
         features=args.features,
     )
@@ -271,7 +271,8 @@ def run_suite_command(
             "threshold": threshold.model_dump(),
             "batch": batch.model_dump(),
             "detector": asdict(spec),
-            "cooldown": args.cooldown,
+            "cooldown": events.alert_cooldown_s,
+            "escalation": events.alert_escalation,
             "features": args.features,
         },
     }

@@ -1,7 +1,7 @@
 """The adaptive alert threshold: an online estimate of the q-quantile of recent scores.
 
-River's ``stats.Quantile`` (P-square, all history; the service's default), or ``stats.RollingQuantile``
-(exact over the last ``window`` scores). The estimate starts from the model's scores on held-back normal
+River's ``stats.RollingQuantile`` (exact over the last ``window`` scores; the service's default is
+2,000), or ``stats.Quantile`` (P-square, over all history). The estimate starts from the model's scores on held-back normal
 training data, so there is no
 blind warm-up. By default a score that raises an alert enters the estimate clipped to the threshold it
 exceeded: an attack or an outage cannot lift the bar that detects it, and yet the exceedance still counts,

@@ -61,15 +61,19 @@ def test_run_with_each_model_kind(kind: str, kit, normal, tmp_path: Path) -> Non
     assert alerts and {a.model.kind for a in alerts} == {kind}
     assert kit.committed(names["group"], topic) == report.end_offsets
     # The default per-key cooldown (events.alert_cooldown_s): per sensor, published alerts are at
-    # least that far apart in Kafka timestamps, and the scores topic flags exactly the published ones.
-    cooldown_ms = EventSettings().alert_cooldown_s * 1000
-    times: dict[str | None, list[int]] = {}
+    # least that far apart in Kafka timestamps unless the later one escalates (a score at least
+    # events.alert_escalation times the one before), and the scores topic flags exactly the
+    # published ones.
+    defaults = EventSettings()
+    cooldown_ms, escalation = defaults.alert_cooldown_s * 1000, defaults.alert_escalation
+    by_key: dict[str | None, list[tuple[int, float]]] = {}
     for a in alerts:
         assert a.source.timestamp_ms is not None
-        times.setdefault(a.key, []).append(a.source.timestamp_ms)
-    for ts in times.values():
-        ts.sort()
-        assert all(b - a >= cooldown_ms for a, b in itertools.pairwise(ts)), ts
+        by_key.setdefault(a.key, []).append((a.source.timestamp_ms, a.score))
+    for published in by_key.values():
+        published.sort()
+        for (t0, s0), (t1, s1) in itertools.pairwise(published):
+            assert t1 - t0 >= cooldown_ms or s1 >= escalation * s0, published
     flagged = sum(1 for r in kit.read(names["scores"]) if r["alert"])
     assert flagged == len(alerts)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,3 +46,27 @@ def test_state_carries_across_batches_and_is_bounded() -> None:
     assert c.apply(["a"], [1_000.0]) == [True]
     assert c.apply(["c"], [1_100.0]) == [True]  # three keys: the least recently alerted (b) goes
     assert c.apply(["b"], [1_200.0]) == [True]  # b was forgotten, so it may alert again
+
+
+def test_an_alert_that_escalates_breaks_through_the_cooldown() -> None:
+    c = AlertCooldown(10.0, escalation=4.0)
+    keys = ["a", "a", "a", "b", "a", "a"]
+    times = [0.0, 1_000.0, 2_000.0, 2_500.0, 3_000.0, 12_500.0]
+    scores = [1.0, 3.9, 4.0, 100.0, 15.0, 0.5]
+    # a: 1.0 published; 3.9 < 4 x 1.0 suppressed; 4.0 published, quiet again until 12 s, now against
+    # 4.0; b has its own history; 15 < 4 x 4.0 suppressed; at 12.5 s the quiet period is over
+    assert c.apply(keys, times, scores) == [True, False, True, True, False, True]
+    # without escalation the same alerts follow the plain cooldown
+    plain = AlertCooldown(10.0)
+    assert plain.apply(keys, times, scores) == [True, False, False, True, False, True]
+    assert AlertCooldown(10.0).apply(keys, times) == AlertCooldown(10.0).apply(keys, times, scores)
+
+
+def test_escalation_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="escalation"):
+        AlertCooldown(1.0, escalation=0.5)
+    with pytest.raises(ValueError, match="scores"):
+        AlertCooldown(1.0, escalation=2.0).apply(["a"], [0.0])
+    with pytest.raises(ValueError, match="scores"):
+        AlertCooldown(1.0).apply(["a", "b"], [0.0, 1.0], [1.0])
+    assert AlertCooldown(0.0, escalation=2.0).apply(["a", "a"], [0.0, 1.0]) == [True, True]

@@ -14,8 +14,8 @@ import pytest
 
 from streamer import evaluate
 from streamer.baselines import PCAScorer, lag_windows
-from streamer.config import BatchSettings, ThresholdSettings
-from streamer.dedup import DEFAULT_COOLDOWN_S, AlertCooldown
+from streamer.config import BatchSettings, EventSettings, ThresholdSettings
+from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION, AlertCooldown
 from streamer.errors import DataError
 from streamer.evaluate import (
     DetectorSpec,
@@ -34,6 +34,7 @@ from streamer.threshold import QuantileThreshold
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 FAST = DetectorSpec(window=16, epochs=8, patience=3, seed=0)
+NO_DEDUP = EventSettings(alert_cooldown_s=0)  # every exceedance published
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +95,9 @@ def test_conv_finds_the_generated_anomalies_with_the_expected_quality() -> None:
     series = sine_series()
     results = {
         r.kind: r
-        for r in evaluate_series(series, ["conv", "pca"], FAST, ThresholdSettings(), cooldown=0)
+        for r in evaluate_series(
+            series, ["conv", "pca"], FAST, ThresholdSettings(), events=NO_DEDUP
+        )
     }
     conv = results["conv"].metrics
     assert conv["range_recall"] >= 5 / 6  # at least five of the six anomalies alerted
@@ -124,8 +127,8 @@ def test_replay_is_the_production_path_exactly(tmp_path: Path) -> None:
     # then de-duplicated per key, one row being one second
     rows = np.flatnonzero(exceeds)
     published = np.zeros_like(exceeds)
-    published[rows] = AlertCooldown(DEFAULT_COOLDOWN_S).apply(
-        ["series"] * len(rows), (rows * 1000.0).tolist()
+    published[rows] = AlertCooldown(DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION).apply(
+        ["series"] * len(rows), (rows * 1000.0).tolist(), d.scores[rows].tolist()
     )
     np.testing.assert_array_equal(d.alerts, published)
     assert 0 < d.alerts.sum() < d.exceeds.sum()
@@ -139,7 +142,8 @@ def test_micro_batch_size_does_not_change_any_decision(tmp_path: Path) -> None:
     small = replay(
         scorer, series.test, threshold=ThresholdSettings(), batch=BatchSettings(max_events=7)
     )
-    np.testing.assert_allclose(small.scores, big.scores, rtol=1e-6)
+    # float32 rounding differs with the batch's shape (the kernels block the work differently)
+    np.testing.assert_allclose(small.scores, big.scores, rtol=1e-5)
     np.testing.assert_array_equal(small.alerts, big.alerts)
 
 
@@ -375,7 +379,9 @@ def test_suite_runs_every_series_and_averages(
 ) -> None:
     data = fake_asd(tmp_path)
     assert [p.stem for p in suite_files("asd", data)] == ["omi-1", "omi-2", "omi-10"]
-    result = run_suite("asd", data, ["pca", "hst"], FAST, ThresholdSettings(q=0.99), cooldown=0)
+    result = run_suite(
+        "asd", data, ["pca", "hst"], FAST, ThresholdSettings(q=0.99), events=NO_DEDUP
+    )
     assert [s["series"] for s in result.series] == ["omi-1", "omi-2", "omi-10"]
     mean = result.mean()
     assert set(mean) == {"pca", "hst", "always-alert"} and mean["pca"]["n_series"] == 3
