@@ -70,3 +70,13 @@ def test_escalation_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="scores"):
         AlertCooldown(1.0).apply(["a", "b"], [0.0, 1.0], [1.0])
     assert AlertCooldown(0.0, escalation=2.0).apply(["a", "a"], [0.0, 1.0]) == [True, True]
+
+
+def test_nothing_escalates_past_an_alert_scored_zero_or_less() -> None:
+    c = AlertCooldown(10.0, escalation=2.0)
+    assert c.apply(["a", "a", "b", "b"], [0.0, 1.0, 0.0, 1.0], [0.0, 5.0, -1.0, 5.0]) == [
+        True,
+        False,
+        True,
+        False,
+    ]
