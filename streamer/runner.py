@@ -7,8 +7,9 @@ The commit procedure, per micro-batch:
 2. Produce every alert to the alert topic and every dead letter to the dead-letter topic.
 3. Flush the producer: wait until the broker has acknowledged each of them. A delivery error stops the
    service *before* step 4, so the batch is read and scored again after a restart (nothing is lost).
-4. Store the batch's next offsets and commit them asynchronously; offsets are also committed
-   synchronously when partitions are revoked and on shutdown.
+4. Store the batch's next offsets; commit what is stored asynchronously, at most every
+   ``kafka.commit_interval_ms`` (checked after every batch and every idle loop turn), and synchronously
+   when partitions are revoked and on shutdown.
 
 Messages fetched but not yet processed when their partition is revoked are dropped from the batch under
 construction: their offsets were never committed, so the partition's new owner reads them again.
@@ -150,6 +151,8 @@ class Detector:
         except KafkaException as exc:  # librdkafka names the property, never a secret's value
             raise ConfigError(f"Kafka client configuration rejected: {exc.args[0].str()}") from None
         self._assigned: set[tuple[str, int]] = set()
+        self._commit_every_s = kafka.commit_interval_ms / 1000.0
+        self._last_commit = float("-inf")
         self._first_input: float | None = None
         self.batcher: MicroBatcher[KafkaMessage] = MicroBatcher(
             self._fetch,
@@ -258,9 +261,11 @@ class Detector:
                     self.stats.active_s = time.monotonic() - self._first_input
                     if on_batch is not None:
                         on_batch(self.stats)
-                elif idle_exit_s is not None and time.monotonic() - last_input >= idle_exit_s:
-                    log.info("idle_exit", idle_s=round(time.monotonic() - last_input, 3))
-                    break
+                else:
+                    self._maybe_commit()  # what the last batches stored, once the interval is up
+                    if idle_exit_s is not None and time.monotonic() - last_input >= idle_exit_s:
+                        log.info("idle_exit", idle_s=round(time.monotonic() - last_input, 3))
+                        break
                 self._maybe_swap_model()
         except BaseException:
             failed = True
@@ -298,7 +303,7 @@ class Detector:
         next_offsets = self._next_offsets(batch)
         for (topic, partition), offset in next_offsets.items():
             self.offsets.advance(topic, partition, offset)
-        self._commit(self.offsets.uncommitted(), asynchronous=True)
+        self._maybe_commit()
         t3 = time.perf_counter()
 
         n_alerts, n_dead = len(result.alerts), len(result.dead_letters)
@@ -370,6 +375,16 @@ class Detector:
                 return
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self.producer.poll(0.1)
+
+    def _maybe_commit(self) -> None:
+        """Commit the stored offsets asynchronously if ``commit_interval_ms`` has passed since the last."""
+        now = time.monotonic()
+        if now - self._last_commit < self._commit_every_s:
+            return
+        offsets = self.offsets.uncommitted()
+        if offsets:
+            self._last_commit = now
+            self._commit(offsets, asynchronous=True)
 
     def _commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
         if not offsets:

@@ -181,3 +181,27 @@ def test_sigterm_flushes_and_commits_what_was_processed(kit, dense_checkpoint) -
     assert code == 0
     assert kit.committed(names["group"], names["in"]) == report.end_offsets
     assert len(kit.offsets_of(kit.read(names["scores"]), names["in"])) == report.count
+
+
+def test_offsets_are_committed_while_idle_without_a_stop(kit, dense_checkpoint) -> None:
+    """Commits come at most every kafka.commit_interval_ms; the last batch's offsets must still be
+    committed once the stream goes quiet, not only at shutdown."""
+    names = kit.topics("idle")
+    report = produce(kit.bootstrap, names["in"], generate(2_000, SimConfig(seed=13)))
+    args = kit.run_args(names, dense_checkpoint, "--batch-size", "300")
+    proc = subprocess.Popen(
+        args,
+        env=kit.env(STREAMER_KAFKA__COMMIT_INTERVAL_MS="1000"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        committed: dict[int, int] = {}
+        while committed != report.end_offsets and time.monotonic() < deadline:
+            time.sleep(0.5)
+            committed = kit.committed(names["group"], names["in"])
+        assert proc.poll() is None, "the detector stopped"
+        assert committed == report.end_offsets
+    finally:
+        kit.stop(proc, signal.SIGTERM)
