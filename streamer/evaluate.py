@@ -685,6 +685,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=evaluate_command)
 
 
+def settings_record(
+    threshold: ThresholdSettings, batch: BatchSettings, events: EventSettings, spec: DetectorSpec
+) -> dict[str, Any]:
+    """The settings of a run as its JSON output records them."""
+    return {
+        "threshold": threshold.model_dump(),
+        "batch": batch.model_dump(),
+        "detector": asdict(spec),
+        "cooldown": events.alert_cooldown_s,
+        "escalation": events.alert_escalation,
+    }
+
+
 def settings_from(
     args: argparse.Namespace,
 ) -> tuple[ThresholdSettings, BatchSettings, EventSettings, DetectorSpec]:
@@ -767,13 +780,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         "n_train": len(series.train),
         "n_test": len(series.test),
         "n_features": len(series.features),
-        "settings": {
-            "threshold": threshold.model_dump(),
-            "batch": batch.model_dump(),
-            "detector": asdict(spec),
-            "cooldown": events.alert_cooldown_s,
-            "escalation": events.alert_escalation,
-        },
+        "settings": settings_record(threshold, batch, events, spec),
         "detectors": [r.to_dict() for r in results],
     }
     text = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY).decode()

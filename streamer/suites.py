@@ -18,7 +18,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from streamer.evaluate import (
     format_table,
     load_nab,
     resolve_kinds,
+    settings_record,
 )
 from streamer.nab import NabScore, aggregate
 
@@ -268,11 +269,7 @@ def run_suite_command(
     payload = {
         **result.to_dict(),
         "settings": {
-            "threshold": threshold.model_dump(),
-            "batch": batch.model_dump(),
-            "detector": asdict(spec),
-            "cooldown": events.alert_cooldown_s,
-            "escalation": events.alert_escalation,
+            **settings_record(threshold, batch, events, spec),
             "features": args.features,
         },
     }
