@@ -326,9 +326,11 @@ def test_cli_single_series_writes_json_decisions_and_plot(
         "--model", "pca", "--test", str(data), "--train-fraction", "0.6667",
         "--label-column", "label", "--window", "16", "--json",
         "--decisions-out", str(out), "--plot", str(png), "--q", "0.99",
+        "--cooldown", "20", "--escalation", "3",
     )  # fmt: skip
     assert code == 0
     payload = orjson.loads(capsys.readouterr().out)
+    assert (payload["settings"]["cooldown"], payload["settings"]["escalation"]) == (20.0, 3.0)
     assert [d["kind"] for d in payload["detectors"]] == ["pca", "hst"]
     assert payload["n_test"] == 400 and payload["settings"]["threshold"]["q"] == 0.99
     assert {"f1", "precision", "recall", "auprc", "roc_auc", "range_recall"} <= set(
@@ -347,6 +349,10 @@ def test_cli_refuses_bad_combinations(tmp_path: Path) -> None:
         run_cli("--model", "pca")
     with pytest.raises(StreamerError, match="invalid setting"):
         run_cli("--test", "x.csv", "--q", "1.5")
+    with pytest.raises(StreamerError, match="invalid setting"):
+        run_cli("--test", "x.csv", "--cooldown", "-1")
+    with pytest.raises(StreamerError, match=r"invalid setting.*alert_escalation"):
+        run_cli("--test", "x.csv", "--escalation", "0.5")
 
 
 def test_resolve_kinds_adds_baselines_once_and_expands_auto() -> None:
