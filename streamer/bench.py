@@ -506,7 +506,7 @@ def measure_broker(
                 "key_field": KEY_FIELD,
                 "time_field": TIME_FIELD,
                 # Through the broker every exceedance is published, so that each is a latency
-                # sample: with the default 50 s cooldown the 64 sensors would give at most 64.
+                # sample: with the default 300 s cooldown the 64 sensors would give at most 64.
                 "alert_cooldown_s": 0.0,
                 **_events_overrides(config),
             },
