@@ -7,6 +7,7 @@ topics, and score the alerts against the simulator's labels.
 
 from __future__ import annotations
 
+import gc
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -123,6 +124,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         _say(config, "running the detector ...")
         detector = Detector(settings, load_checkpoint(ckpt, device="auto"))
         stats = detector.run(max_events=report.count, idle_exit_s=60)
+        # Its Kafka clients hold reference cycles: collect them while the broker is up, or the
+        # producer logs failed reconnects once the broker is gone.
+        del detector
+        gc.collect()
 
         alert_values = list(
             read_topic({"bootstrap.servers": broker.bootstrap, **_QUIET}, "alerts", stats.alerts)
@@ -145,6 +150,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         entity_of[(row["partition"], row["offset"])] = row["key"]
         if row["kind"].startswith("malformed"):
             malformed.add((row["partition"], row["offset"]))
+
     def source_of(value: bytes | None) -> tuple[int, int]:
         src = orjson.loads(value or b"{}")["source"]
         return (src["partition"], src["offset"])
