@@ -18,13 +18,12 @@ Options, each kept only where ``streamer bench --device cuda`` shows it pays:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
-
-from models.kinds import AnyModel
 
 Precision = Literal["fp32", "fp16"]
 MIN_GRAPH_ROWS = 64
@@ -84,28 +83,24 @@ class _Graph:
 
 
 class CudaRunner:
-    """Scores raw batches with ``model`` on a CUDA device; see the module docstring."""
+    """Runs ``step`` (raw x on the device -> (score, per-feature error): the Scorer's scoring function)
+    on batches from the host, on a CUDA device; see the module docstring."""
 
     def __init__(
         self,
-        model: AnyModel,
-        center: torch.Tensor,
-        scale: torch.Tensor,
-        clip: float,
+        step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        device: torch.device,
         in_shape: tuple[int, ...],
         *,
         precision: Precision = "fp32",
         cuda_graph: bool = False,
-        err_div: torch.Tensor | None = None,
     ) -> None:
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
-        self.device = center.device
-        self.model = model
-        self._center, self._scale, self._clip = center, scale, clip
+        self.device = device
+        self._score_step = step
         self.in_shape = in_shape
         self.n_features = in_shape[-1]
-        self._err_div = err_div  # per-feature divisor of the errors (see Scorer), or None
         self.precision: Precision = precision
         self.cuda_graph = cuda_graph
         self.graph_error: str | None = None
@@ -116,16 +111,14 @@ class CudaRunner:
 
     def _step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw x on the device -> (score, per-feature error), both float32."""
-        scaled = ((x - self._center) / self._scale).clamp_(-self._clip, self._clip)
         if self.precision == "fp16":
-            # cache off: a cached cast would outlive a captured graph's memory pool
+            # Only matrix products and convolutions run in float16; the scaling and the error
+            # normalisation stay in float32. Cache off: a cached cast would outlive a captured
+            # graph's memory pool.
             with torch.autocast("cuda", dtype=torch.float16, cache_enabled=False):
-                score, err = self.model.anomaly_score(scaled)
+                score, err = self._score_step(x)
         else:
-            score, err = self.model.anomaly_score(scaled)
-        if self._err_div is not None:
-            err = err.float() / self._err_div
-            score = err.mean(dim=1)
+            score, err = self._score_step(x)
         return score.float(), err.float()
 
     def _graph(self, rows: int) -> _Graph | None:

@@ -16,11 +16,11 @@ import torch
 from models.conv import ConvAutoencoder, FrozenConvScorer
 from models.errors import ModelError
 from models.kinds import AnyModel
+from models.scaling import RobustScaler
+from models.vae import VAE
 
 if TYPE_CHECKING:
     from models.cuda import CudaPending, CudaRunner, Precision
-from models.scaling import RobustScaler
-from models.vae import VAE
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -98,7 +98,8 @@ class Scorer:
             self.error_scale = es
             self._err_div = torch.from_numpy(es).to(self.device)
         self._in_shape = (cfg.n_features,) if self.window == 1 else (self.window, cfg.n_features)
-        # The CPU forward pass: for conv, the same function rearranged for speed (models.conv).
+        # The forward pass: the module's, or for conv on a CPU the same function rearranged for speed
+        # (models.conv.FrozenConvScorer; a GPU keeps the module, which CUDA graphs capture).
         self._forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = (
             FrozenConvScorer(self.model)
             if isinstance(self.model, ConvAutoencoder) and self.device.type == "cpu"
@@ -109,14 +110,7 @@ class Scorer:
             from models.cuda import CudaRunner
 
             self._cuda = CudaRunner(
-                self.model,
-                self._center,
-                self._scale,
-                self._clip,
-                self._in_shape,
-                precision=precision,
-                cuda_graph=cuda_graph,
-                err_div=self._err_div,
+                self._step, self.device, self._in_shape, precision=precision, cuda_graph=cuda_graph
             )
 
     def __repr__(self) -> str:
@@ -138,8 +132,20 @@ class Scorer:
 
     def _scaled(self, x: np.ndarray) -> torch.Tensor:
         """Raw numpy batch -> scaled, clipped tensor on the model's device."""
-        t = torch.from_numpy(self._checked(x)).to(self.device, non_blocking=True)
+        return self._scale_tensor(torch.from_numpy(self._checked(x)).to(self.device))
+
+    def _scale_tensor(self, t: torch.Tensor) -> torch.Tensor:
         return ((t - self._center) / self._scale).clamp_(-self._clip, self._clip)
+
+    def _step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw x on the model's device -> (score (B,), per-feature error (B, F)): scale, clip, forward
+        pass, error normalisation. The one scoring function: a CPU calls it directly, and the GPU
+        runner queues it on its stream (or replays it from a captured graph)."""
+        score, err = self._forward(self._scale_tensor(x))
+        if self._err_div is not None:
+            err = err / self._err_div
+            score = err.mean(dim=1)
+        return score, err
 
     @property
     def gpu_options(self) -> dict[str, Any] | None:
@@ -160,10 +166,7 @@ class Scorer:
         if self._cuda is not None:
             return self.submit(x).result()
         with torch.inference_mode():
-            score, err = self._forward(self._scaled(x))
-            if self._err_div is not None:
-                err = err / self._err_div
-                score = err.mean(dim=1)
+            score, err = self._step(torch.from_numpy(self._checked(x)))
             return score.to(torch.float64).numpy(), err.numpy()
 
     def encode(self, x: np.ndarray) -> np.ndarray:
