@@ -90,6 +90,16 @@ class BatchResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
+@dataclass(slots=True)
+class _Alerting:
+    """An event over the threshold: its row among the valid ones, message, parsed event and entity."""
+
+    row: int
+    message: Message
+    event: dict[str, Any]
+    entity: Hashable
+
+
 _PLAIN_KEYS = frozenset({str, int})  # key field values used as they are (bool is not one)
 
 
@@ -212,11 +222,16 @@ class Pipeline:
             decoded.rejected = rejected
             scores, per_feature = scores[keep], per_feature[keep]
         thresholds, alert_mask = self.threshold.decide(scores)
-        published = self._cooldown(origin, decoded, alert_mask, scores)
         t4 = time.perf_counter()
         timings["threshold"] = t4 - t3
 
-        alerts = self._build_alerts(origin, decoded, scores, per_feature, thresholds, published)
+        # Each event over the threshold: its message, parsed event and entity, worked out once for
+        # both the cooldown and the alert.
+        alerting = [self._alerting(origin, decoded, j) for j in np.flatnonzero(alert_mask).tolist()]
+        kept = self._cooldown(alerting, scores)
+        published = np.zeros_like(alert_mask)
+        published[[a.row for a in kept]] = True
+        alerts = self._build_alerts(kept, scores, per_feature, thresholds)
         dead = self._build_dead_letters(origin, rejected)
         timings["alerts"] = time.perf_counter() - t4
         return BatchResult(
@@ -232,31 +247,27 @@ class Pipeline:
             timings=timings,
         )
 
-    def _cooldown(
-        self,
-        origin: Callable[[int], Message],
-        decoded: DecodedBatch,
-        alert_mask: np.ndarray,
-        scores: np.ndarray,
-    ) -> np.ndarray:
+    def _alerting(
+        self, origin: Callable[[int], Message], decoded: DecodedBatch, row: int
+    ) -> _Alerting:
+        index = int(decoded.valid[row])
+        obj = decoded.event(row)
+        return _Alerting(row, origin(index), obj, self._entity(origin, index, obj))
+
+    def _cooldown(self, alerting: list[_Alerting], scores: np.ndarray) -> list[_Alerting]:
         """The alerts to publish: per entity, none within the cooldown after the last one published
-        unless it escalates (streamer.dedup). Only alerting events are looked at (their entity, Kafka
-        timestamp and score)."""
-        rows = np.flatnonzero(alert_mask)
-        if not len(rows) or self.cooldown.cooldown_ms == 0:
-            return alert_mask
-        keys: list[Hashable] = []
-        times: list[float] = []
+        unless it escalates (streamer.dedup), by the Kafka timestamp (else the processing time)."""
+        if not alerting or self.cooldown.cooldown_ms == 0:
+            return alerting
         now_ms = time.time() * 1000.0
-        for j in rows.tolist():
-            index = int(decoded.valid[j])
-            msg = origin(index)
-            keys.append(self._entity(origin, index, decoded.event(j)))
-            ts = msg.timestamp_ms
-            times.append(float(ts) if ts is not None and ts >= 0 else now_ms)
-        published = np.zeros_like(alert_mask)
-        published[rows] = self.cooldown.apply(keys, times, scores[rows].tolist())
-        return published
+        times = [
+            float(ts) if (ts := a.message.timestamp_ms) is not None and ts >= 0 else now_ms
+            for a in alerting
+        ]
+        keep = self.cooldown.apply(
+            [a.entity for a in alerting], times, [float(scores[a.row]) for a in alerting]
+        )
+        return [a for a, k in zip(alerting, keep, strict=True) if k]
 
     def _model_input(
         self,
@@ -372,16 +383,14 @@ class Pipeline:
 
     def _build_alerts(
         self,
-        origin: Callable[[int], Message],
-        decoded: DecodedBatch,
+        published: list[_Alerting],
         scores: np.ndarray,
         per_feature: np.ndarray,
         thresholds: np.ndarray,
-        alert_mask: np.ndarray,
     ) -> list[tuple[bytes | None, bytes]]:
-        rows = np.flatnonzero(alert_mask)
-        if not len(rows):
+        if not published:
             return []
+        rows = np.array([a.row for a in published], dtype=np.intp)
         scorer, events = self.scorer, self.events
         features = scorer.features
         model = ModelRef(name=scorer.name, version=scorer.version, kind=scorer.kind)  # type: ignore[arg-type]
@@ -395,11 +404,8 @@ class Pipeline:
         top = np.argsort(-errors, axis=1, kind="stable")[:, :k]  # (A, k)
         now = self._now()
         out: list[tuple[bytes | None, bytes]] = []
-        for a, j in enumerate(rows.tolist()):
-            index = int(decoded.valid[j])
-            msg = origin(index)
-            obj = decoded.event(j)
-            entity = self._entity(origin, index, obj)
+        for a, alerting in enumerate(published):
+            j, msg, obj, entity = alerting.row, alerting.message, alerting.event, alerting.entity
             if isinstance(entity, bytes):
                 key_str = decode_key(entity)
             else:
