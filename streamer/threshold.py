@@ -1,12 +1,12 @@
 """The adaptive alert threshold: an online estimate of the q-quantile of recent scores.
 
 River's ``stats.RollingQuantile`` (exact over the last ``window`` scores; the service's default is
-2,000), or ``stats.Quantile`` (P-square, over all history). The estimate starts from the model's scores on held-back normal
-training data, so there is no
-blind warm-up. By default a score that raises an alert enters the estimate clipped to the threshold it
-exceeded: an attack or an outage cannot lift the bar that detects it, and yet the exceedance still counts,
-so the estimate does not sink as it would if alerts were simply left out (leaving out the top 1-q of every
-window makes a rolling quantile spiral down).
+2,000), or ``stats.Quantile`` (P-square, over all history). The estimate starts from the model's
+scores on held-back normal training data, so there is no blind warm-up. By default a score that
+raises an alert enters the estimate clipped to the threshold it exceeded: an attack or an outage
+cannot lift the bar that detects it, and yet the exceedance still counts, so the estimate does not
+sink as it would if alerts were simply left out (leaving out the top 1-q of every window makes a
+rolling quantile spiral down).
 """
 
 from __future__ import annotations
