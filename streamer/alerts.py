@@ -40,8 +40,9 @@ class FeatureContribution(_Record):
     feature: str
     value: float = Field(description="the event's value, in the event's units")
     error: float = Field(
-        ge=0, description="this feature's squared reconstruction error (scaled units; dense and conv: "
-        "divided by its typical error on held-back normal data)"
+        ge=0,
+        description="this feature's squared reconstruction error (scaled units; dense and conv: "
+        "divided by its typical error on held-back normal data)",
     )
     share: float = Field(ge=0, le=1, description="error / total error of the event")
 
@@ -63,6 +64,11 @@ class Alert(_Record):
     q: float = Field(gt=0, lt=1)
     model: ModelRef
     top_features: list[FeatureContribution]
+    rise: float | None = Field(
+        default=None,
+        description="the key's recent scores above its own history, in standard deviations "
+        "(events.alert_gate_z); None with the gate off",
+    )
     detected_at: datetime
     event: dict[str, Any] | None = Field(
         description="the original event, when within the size bound"

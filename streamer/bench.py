@@ -44,6 +44,7 @@ import numpy as np
 import orjson
 
 from streamer.errors import StreamerError
+from streamer.gate import gate_z_arg
 from streamer.workload import KEY_FIELD, TIME_FIELD, Workload, make_scorer, make_workload
 
 if TYPE_CHECKING:
@@ -51,7 +52,17 @@ if TYPE_CHECKING:
     from streamer.runner import RunStats
 
 KINDS = ("dense", "conv", "vae")
-STAGES = ("consume", "decode", "features", "score", "threshold", "alerts", "produce", "commit")
+STAGES = (
+    "consume",
+    "decode",
+    "features",
+    "score",
+    "threshold",
+    "gate",
+    "alerts",
+    "produce",
+    "commit",
+)
 GPU_BATCHES = (256, 1024, 4096, 16384)
 
 
@@ -72,6 +83,7 @@ class BenchConfig:
     batch_events: int | None = None  # None: the detector's default (BatchSettings.max_events)
     threshold_window: int | None = None  # None: the detector's default; 0: all history (P-square)
     alert_cooldown_s: float | None = None  # None: the detector's default (events.alert_cooldown_s)
+    gate_z: float | str | None = None  # None: the detector's default (events.alert_gate_z); 0 = off
     max_wait_ms: int | None = None  # None: the detector's default (BatchSettings.max_wait_ms)
     threads: int = 1  # torch intra-op threads
     # fetch.wait.max.ms of every consumer on the embedded broker (see streamer.loadgen)
@@ -210,7 +222,12 @@ def _threshold_overrides(config: BenchConfig) -> dict[str, Any]:
 
 
 def _events_overrides(config: BenchConfig) -> dict[str, Any]:
-    return {} if config.alert_cooldown_s is None else {"alert_cooldown_s": config.alert_cooldown_s}
+    out: dict[str, Any] = {}
+    if config.alert_cooldown_s is not None:
+        out["alert_cooldown_s"] = config.alert_cooldown_s
+    if config.gate_z is not None:
+        out["alert_gate_z"] = config.gate_z
+    return out
 
 
 def _stage_table(totals: dict[str, float], events: float) -> dict[str, float]:
@@ -506,7 +523,7 @@ def measure_broker(
                 "key_field": KEY_FIELD,
                 "time_field": TIME_FIELD,
                 # Through the broker every exceedance is published, so that each is a latency
-                # sample: with the default 300 s cooldown the 64 sensors would give at most 64.
+                # sample: with the default 300 s cooldown the 64 sensors would give about 64.
                 "alert_cooldown_s": 0.0,
                 **_events_overrides(config),
             },
@@ -901,7 +918,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"({c['threads']} intra-op thread(s)); GPU: {m['gpu'] or 'none'}. Model: {c['model']}, "
         f"device {c['device']}. Threshold window: "
         f"{'default' if c.get('threshold_window') is None else c['threshold_window']}, alert "
-        f"cooldown: {'default' if c.get('alert_cooldown_s') is None else c['alert_cooldown_s']} s.",
+        f"cooldown: {'default' if c.get('alert_cooldown_s') is None else c['alert_cooldown_s']} s, "
+        f"rise gate z: {'default' if c.get('gate_z') is None else c['gate_z']}.",
         "",
     ]
     for f, fig in result["by_features"].items():
@@ -1080,6 +1098,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="events.alert_cooldown_s (default: run's)",
     )
+    p.add_argument(
+        "--gate-z",
+        type=gate_z_arg,
+        default=None,
+        help="events.alert_gate_z, the rise gate: auto, or a z (default: run's, auto; 0 = off)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default 1)")
     p.add_argument("--no-broker", action="store_true", help="in-process figures only")
     p.add_argument(
@@ -1105,6 +1129,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         "fetch_wait_ms": args.fetch_wait_ms,
         "threshold_window": args.threshold_window,
         "alert_cooldown_s": args.alert_cooldown_s,
+        "gate_z": args.gate_z,
         "threads": args.threads,
         "broker": not args.no_broker,
         "seed": args.seed,

@@ -10,9 +10,17 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -21,6 +29,7 @@ from pydantic_settings import (
 
 from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION
 from streamer.errors import ConfigError
+from streamer.gate import DEFAULT_GATE_Z, DEFAULT_LONG, DEFAULT_SHORT
 
 # librdkafka keys that this module owns; passing them through `extra` would silently break guarantees.
 _RESERVED_KEYS = frozenset(
@@ -170,6 +179,29 @@ class EventSettings(_Section):
     # Within the cooldown, an alert scoring at least this many times the entity's last published alert
     # is published anyway (and restarts the cooldown); 0 = never.
     alert_escalation: float = Field(default=DEFAULT_ESCALATION, ge=0.0, le=1e6)
+    # An alert is published only while the entity's recent scores (an average over about the last
+    # `alert_gate_short` events) stand at least this many standard deviations above its own history
+    # (about the last `alert_gate_long`); 0 = off; "auto" = DEFAULT_GATE_Z for a windowed model (conv:
+    # an entity's time series, where an incident is a change that lasts) and off for a model of single
+    # events (dense, vae: one event can be the whole incident). See streamer.gate.
+    alert_gate_z: Annotated[float, Field(ge=0.0, le=1e3)] | Literal["auto"] = "auto"
+    alert_gate_short: int = Field(default=DEFAULT_SHORT, ge=1, le=1_000_000)
+    alert_gate_long: int = Field(default=DEFAULT_LONG, ge=2, le=10_000_000)
+
+    def gate_z(self, windowed: bool) -> float:
+        """The rise gate's z for a model (0 = off), ``auto`` resolved by whether it is windowed."""
+        if self.alert_gate_z == "auto":
+            return DEFAULT_GATE_Z if windowed else 0.0
+        return self.alert_gate_z
+
+    @model_validator(mode="after")
+    def _gate_spans_ordered(self) -> EventSettings:
+        if self.alert_gate_short >= self.alert_gate_long:
+            raise ValueError(
+                f"alert_gate_short ({self.alert_gate_short}) must be less than alert_gate_long "
+                f"({self.alert_gate_long})"
+            )
+        return self
 
     @field_validator("alert_escalation")
     @classmethod

@@ -110,12 +110,13 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 },
                 "model": {"path": str(ckpt), "device": "auto", "reload_interval_s": 0},
                 # The demo judges every event's decision against its label (point-wise), so it publishes
-                # every alert (no per-key cooldown) and, at q = 0.999, estimates the quantile over all
-                # history: a 2,000-score window holds only two scores above it.
+                # every alert (no per-key cooldown, no rise gate) and, at q = 0.999, estimates the
+                # quantile over all history: a 2,000-score window holds only two scores above it.
                 "events": {
                     "key_field": sim.key_field,
                     "time_field": sim.time_field,
                     "alert_cooldown_s": 0,
+                    "alert_gate_z": 0,
                 },
                 "threshold": {"q": config.q, "window": None},
                 "log": {"level": "WARNING"},

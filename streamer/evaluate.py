@@ -36,6 +36,7 @@ from streamer.baselines import BASELINE_KINDS, HalfSpaceTreesScorer, PCAScorer
 from streamer.config import BatchSettings, EventSettings, ThresholdSettings
 from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION
 from streamer.errors import DataError, StreamerError
+from streamer.gate import DEFAULT_GATE_Z, DEFAULT_LONG, DEFAULT_SHORT, gate_z_arg
 from streamer.metrics import detection_report
 from streamer.nab import nab_score, probation_rows
 from streamer.pipeline import Message, Pipeline, ScorerLike
@@ -560,6 +561,14 @@ def _kinds(value: str) -> list[str]:
     return items
 
 
+def _gate_spans(value: str) -> tuple[int, int]:
+    try:
+        short, long = (int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,M (two integers), got {value!r}") from None
+    return short, long
+
+
 def _csv_list(value: str) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
@@ -648,6 +657,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="as events.alert_escalation: within the cooldown, an alert scoring this many times the "
         f"key's last published one is published anyway (default {DEFAULT_ESCALATION:g}; 0 = off)",
     )
+    p.add_argument(
+        "--gate-z",
+        type=gate_z_arg,
+        default="auto",
+        help="as events.alert_gate_z: publish an alert only while the key's last ~N scores stand this "
+        f"many sd above its last ~M; auto (the default) = {DEFAULT_GATE_Z:g} for conv and the "
+        "lag-window baselines of univariate series, off for models of single rows; 0 = off",
+    )
+    p.add_argument(
+        "--gate-spans",
+        type=_gate_spans,
+        default=(DEFAULT_SHORT, DEFAULT_LONG),
+        metavar="N,M",
+        help="as events.alert_gate_short and alert_gate_long, in rows "
+        f"(default {DEFAULT_SHORT},{DEFAULT_LONG})",
+    )
     p.add_argument("--window", type=int, default=defaults_d.window, help="conv / lag window length")
     p.add_argument("--latent-dim", type=int, help="autoencoder latent width (default: from F)")
     p.add_argument(
@@ -695,6 +720,11 @@ def settings_record(
         "detector": asdict(spec),
         "cooldown": events.alert_cooldown_s,
         "escalation": events.alert_escalation,
+        "gate": {
+            "z": events.alert_gate_z,
+            "short": events.alert_gate_short,
+            "long": events.alert_gate_long,
+        },
     }
 
 
@@ -717,7 +747,13 @@ def settings_from(
         if args.batch_size is None
         else BatchSettings(**{**b.model_dump(), "max_events": args.batch_size})
     )
-    events = EventSettings(alert_cooldown_s=args.cooldown, alert_escalation=args.escalation)
+    events = EventSettings(
+        alert_cooldown_s=args.cooldown,
+        alert_escalation=args.escalation,
+        alert_gate_z=args.gate_z,
+        alert_gate_short=args.gate_spans[0],
+        alert_gate_long=args.gate_spans[1],
+    )
     spec = replace(
         DetectorSpec(),
         window=args.window,

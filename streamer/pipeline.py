@@ -29,6 +29,7 @@ from streamer.config import EventSettings, ThresholdSettings
 from streamer.decode import DecodedBatch, Decoder, concat
 from streamer.dedup import AlertCooldown
 from streamer.features import EntityWindows
+from streamer.gate import AlertGate
 from streamer.threshold import QuantileThreshold
 
 
@@ -146,11 +147,13 @@ class Pipeline:
         self.scorer = scorer
         self.threshold = self._new_threshold(scorer)
         self.cooldown = AlertCooldown(events.alert_cooldown_s, events.alert_escalation)
+        self.gate = self._new_gate(scorer)
         self.decoder = self._new_decoder(scorer)
         self._windows = self._new_windows(scorer)
 
     def swap_model(self, scorer: ScorerLike) -> None:
-        """Switch to a new model between batches; the threshold restarts from its score distribution.
+        """Switch to a new model between batches; the threshold and the gate restart from its score
+        distribution.
 
         Entity windows hold raw values, so they carry over when features and window length are unchanged.
         """
@@ -159,6 +162,7 @@ class Pipeline:
         )
         self.scorer = scorer
         self.threshold = self._new_threshold(scorer)
+        self.gate = self._new_gate(scorer)
         self.decoder = self._new_decoder(scorer)
         if not same_inputs:
             self._windows = self._new_windows(scorer)
@@ -172,9 +176,19 @@ class Pipeline:
             initial_scores=scorer.train_scores,
         )
 
+    def _new_gate(self, scorer: ScorerLike) -> AlertGate | None:
+        e = self.events
+        z = e.gate_z(windowed=scorer.window > 1)
+        if not z:
+            return None
+        return AlertGate.from_scores(
+            z, scorer.train_scores, short=e.alert_gate_short, long=e.alert_gate_long
+        )
+
     def _new_decoder(self, scorer: ScorerLike) -> Decoder:
-        """Each event's key field is needed on the hot path only to build windows."""
-        key = self.events.key_field if scorer.window > 1 else None
+        """Each event's key field is needed on the hot path only for windows and the gate."""
+        per_event = scorer.window > 1 or self.gate is not None
+        key = self.events.key_field if per_event else None
         return Decoder(scorer.features, self.events.max_message_bytes, key_field=key)
 
     @staticmethod
@@ -202,6 +216,8 @@ class Pipeline:
         message's Kafka key at once: the entities of a windowed model when events carry no key field.
         """
         timings: dict[str, float] = {}
+        if message_keys is not None:
+            message_keys = cache(message_keys)  # one list for the windows and the gate
         submit = _async_submit(self.scorer)
         if submit is not None and len(values) > self.overlap_chunk:
             decoded, scores, per_feature = self._overlapped(
@@ -224,14 +240,21 @@ class Pipeline:
         thresholds, alert_mask = self.threshold.decide(scores)
         t4 = time.perf_counter()
         timings["threshold"] = t4 - t3
+        candidates, rise = alert_mask, None
+        if self.gate is not None:
+            rise = self.gate.zscores(scores, self._entities(origin, decoded, message_keys))
+            candidates = alert_mask & (rise >= self.gate.z)
+            t5 = time.perf_counter()
+            timings["gate"] = t5 - t4
+            t4 = t5
 
-        # Each event over the threshold: its message, parsed event and entity, worked out once for
-        # both the cooldown and the alert.
-        alerting = [self._alerting(origin, decoded, j) for j in np.flatnonzero(alert_mask).tolist()]
+        # Each event over the threshold and through the gate: its message, parsed event and entity,
+        # worked out once for both the cooldown and the alert.
+        alerting = [self._alerting(origin, decoded, j) for j in np.flatnonzero(candidates).tolist()]
         kept = self._cooldown(alerting, scores)
         published = np.zeros_like(alert_mask)
         published[[a.row for a in kept]] = True
-        alerts = self._build_alerts(kept, scores, per_feature, thresholds)
+        alerts = self._build_alerts(kept, scores, per_feature, thresholds, rise)
         dead = self._build_dead_letters(origin, rejected)
         timings["alerts"] = time.perf_counter() - t4
         return BatchResult(
@@ -317,8 +340,6 @@ class Pipeline:
         Windows are built chunk after chunk in arrival order, so every event sees the same window as
         in one pass. ``score`` counts only the time spent starting work and waiting for results.
         """
-        if message_keys is not None:
-            message_keys = cache(message_keys)  # one list of keys for the batch, sliced per chunk
         decode_s = features_s = score_s = 0.0
         parts: list[tuple[int, DecodedBatch]] = []
         results: list[tuple[np.ndarray, np.ndarray]] = []
@@ -365,15 +386,21 @@ class Pipeline:
     ) -> list[Hashable]:
         """Every row's entity, as ``_entity`` defines it, without parsing any event: from the key
         field's values (at C speed when all are str or int) or from the messages' Kafka keys."""
-        valid = decoded.valid.tolist()
         keys = decoded.keys
         if self.events.key_field is not None and keys is not None:
+            try:
+                "".join(keys)  # all str, the usual case: checked at C speed
+                return keys
+            except TypeError:
+                pass
             if set(map(type, keys)) <= _PLAIN_KEYS:
                 return keys
+            valid = decoded.valid.tolist()
             return [
                 k if type(k) in _PLAIN_KEYS else (origin(i).key if k is None else str(k))
                 for i, k in zip(valid, keys, strict=True)
             ]
+        valid = decoded.valid.tolist()
         if self.events.key_field is None:
             if message_keys is not None:
                 kafka = message_keys()
@@ -387,6 +414,7 @@ class Pipeline:
         scores: np.ndarray,
         per_feature: np.ndarray,
         thresholds: np.ndarray,
+        rise: np.ndarray | None,
     ) -> list[tuple[bytes | None, bytes]]:
         if not published:
             return []
@@ -436,6 +464,7 @@ class Pipeline:
                 q=self.threshold.q,
                 model=model,
                 top_features=contributions,
+                rise=None if rise is None else float(rise[j]),
                 detected_at=now,
                 event=obj if small else None,
                 event_truncated=None

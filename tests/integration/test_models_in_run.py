@@ -14,6 +14,7 @@ import pytest
 
 from streamer.alerts import Alert
 from streamer.config import EventSettings
+from streamer.gate import DEFAULT_GATE_Z
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -74,6 +75,12 @@ def test_run_with_each_model_kind(kind: str, kit, normal, tmp_path: Path) -> Non
         published.sort()
         for (t0, s0), (t1, s1) in itertools.pairwise(published):
             assert t1 - t0 >= cooldown_ms or s1 >= escalation * s0, published
+    # The default rise gate (events.alert_gate_z, auto): on for the windowed conv model, and every
+    # alert it published passed it; off for the VAE, which scores single events.
+    if kind == "conv":
+        assert all(a.rise is not None and a.rise >= DEFAULT_GATE_Z for a in alerts)
+    else:
+        assert all(a.rise is None for a in alerts)
     flagged = sum(1 for r in kit.read(names["scores"]) if r["alert"])
     assert flagged == len(alerts)
 

@@ -50,11 +50,13 @@ def test_run_scores_alerts_dead_letters_and_commits_everything(
             names, dense_checkpoint, "--max-events", str(report.count), "--idle-exit", "60"
         ),
         # every decision published, so that recall and precision judge each event (the per-key
-        # cooldown is tested in tests/streamer/test_pipeline.py and test_dedup.py); q = 0.995, as
+        # cooldown and the rise gate are tested in tests/streamer/test_pipeline.py, test_dedup.py
+        # and test_gate.py, and end to end in test_models_in_run.py); q = 0.995, as
         # 1 % of 6,000 events is a third of the 3 % injected (the default q gave precision ~0.6)
         env=kit.env(
             STREAMER_EVENTS__MAX_MESSAGE_BYTES="4096",
             STREAMER_EVENTS__ALERT_COOLDOWN_S="0",
+            STREAMER_EVENTS__ALERT_GATE_Z="0",
             STREAMER_THRESHOLD__Q="0.995",
         ),
         capture_output=True,

@@ -119,7 +119,9 @@ def test_baselines_run_through_the_pipeline_and_name_themselves_in_alerts(
         Message(orjson.dumps(dict(zip(FEATURES, row, strict=True))), b"k", "t", 0, i)
         for i, row in enumerate(x.tolist())
     ]
-    result = Pipeline(scorer, ThresholdSettings(q=0.95), EventSettings()).process_messages(messages)
+    # Every exceedance published (no rise gate): the alerts' contents are under test here.
+    events = EventSettings(alert_gate_z=0)
+    result = Pipeline(scorer, ThresholdSettings(q=0.95), events).process_messages(messages)
     assert len(result.scores) == 1000 and not result.dead_letters
     assert result.alerts, "outliers must raise alerts"
     alert = orjson.loads(result.alerts[0][1])

@@ -28,13 +28,14 @@ from streamer.evaluate import (
     score_decisions,
     write_decisions,
 )
+from streamer.gate import DEFAULT_GATE_Z, AlertGate
 from streamer.nab import probation_rows
 from streamer.suites import format_suite, run_suite, suite_files
 from streamer.threshold import QuantileThreshold
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 FAST = DetectorSpec(window=16, epochs=8, patience=3, seed=0)
-NO_DEDUP = EventSettings(alert_cooldown_s=0)  # every exceedance published
+NO_DEDUP = EventSettings(alert_cooldown_s=0, alert_gate_z=0)  # every exceedance published
 
 
 @pytest.fixture(autouse=True)
@@ -124,14 +125,17 @@ def test_replay_is_the_production_path_exactly(tmp_path: Path) -> None:
     thresholds, exceeds = t.decide(expected)
     np.testing.assert_array_equal(d.thresholds, thresholds)
     np.testing.assert_array_equal(d.exceeds, exceeds)  # the pipeline's per-event decisions
-    # then de-duplicated per key, one row being one second
-    rows = np.flatnonzero(exceeds)
+    # then through the rise gate and de-duplicated per key, one row being one second
+    gate = AlertGate.from_scores(DEFAULT_GATE_Z, scorer.train_scores)
+    rise = gate.zscores(expected, ["series"] * len(expected))
+    rows = np.flatnonzero(exceeds & (rise >= DEFAULT_GATE_Z))
+    assert 0 < len(rows) < exceeds.sum()
     published = np.zeros_like(exceeds)
     published[rows] = AlertCooldown(DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION).apply(
         ["series"] * len(rows), (rows * 1000.0).tolist(), d.scores[rows].tolist()
     )
     np.testing.assert_array_equal(d.alerts, published)
-    assert 0 < d.alerts.sum() < d.exceeds.sum()
+    assert 0 < d.alerts.sum() < len(rows)
     assert d.dead_lettered == 0
 
 

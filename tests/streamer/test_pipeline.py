@@ -10,6 +10,7 @@ import pytest
 
 from streamer.alerts import Alert, DeadLetter
 from streamer.config import EventSettings, ThresholdSettings
+from streamer.gate import DEFAULT_GATE_Z
 from streamer.pipeline import Message, Pipeline
 
 FEATURES = ("x", "y", "z")
@@ -73,7 +74,7 @@ def test_every_message_is_scored_or_dead_lettered() -> None:
 
 
 def test_alert_carries_contributions_key_time_and_event() -> None:
-    pipeline = make(key_field="id", time_field="ts", top_features=2)
+    pipeline = make(key_field="id", time_field="ts", top_features=2, alert_gate_z=0)
     batch = [
         message(7, {"x": 3.0, "y": 1.0, "z": 0.0, "id": "sensor-9", "ts": "2026-01-01T00:00:00Z"})
     ]
@@ -150,7 +151,7 @@ def test_windowed_scorer_gets_each_entitys_window() -> None:
 
 
 def test_swap_model_resets_threshold_and_keeps_windows_when_inputs_match() -> None:
-    pipeline = make(SquareScorer(window=2))
+    pipeline = make(SquareScorer(window=2), alert_gate_z=0)  # the gate's reset: its own test
     pipeline.process_messages([message(0, {"x": 1.0, "y": 0, "z": 0})])
     new = SquareScorer(window=2, version="v2", train_scores=np.linspace(0, 100, 1_000))
     pipeline.swap_model(new)
@@ -196,3 +197,62 @@ def test_alert_cooldown_publishes_one_alert_per_key_within_its_period() -> None:
     pipeline = make(alert_cooldown_s=0)
     result = pipeline.process_messages([message(i, hot) for i in range(3)])
     assert len(result.alerts) == 3
+
+
+def test_gate_publishes_a_keys_sustained_rise_and_not_its_lone_outliers() -> None:
+    """Scores over the threshold stay alert decisions; the gate publishes those of a key whose recent
+    scores stand out from its own history, and each published alert says by how much (``rise``)."""
+    rng = np.random.default_rng(3)
+    normal = rng.normal(0.0, 0.3, (3_000, 3))
+
+    def run(gate_z: float) -> tuple[list[int], list[Alert]]:
+        pipeline = make(key_field="id", alert_cooldown_s=0, alert_gate_z=gate_z)
+        rows = [dict(zip(FEATURES, r, strict=True)) for r in normal.tolist()]
+        rows[1_000] = {"x": 2.0, "y": 0.0, "z": 0.0}  # a lone outlier: over the threshold
+        for i in range(2_000, 2_020):  # a sustained rise, each event about as far out
+            rows[i] = {"x": 2.0, "y": 0.0, "z": 0.0}
+        batch = [message(i, {**r, "id": "s1"}) for i, r in enumerate(rows)]
+        published, alerts = [], []
+        for lo in range(0, len(batch), 500):
+            result = pipeline.process_messages(batch[lo : lo + 500])
+            assert result.alert_mask[result.published].all()  # only alert decisions are published
+            published += (lo + np.flatnonzero(result.published)).tolist()
+            alerts += [Alert.model_validate_json(v) for _, v in result.alerts]
+        return published, alerts
+
+    off, alerts_off = run(0.0)
+    on, alerts_on = run(2.0)
+    assert 1_000 in off and 1_000 not in on
+    assert set(range(2_002, 2_020)) <= set(on)  # published once the short mean has risen
+    assert set(on) < set(off)
+    assert all(a.rise is None for a in alerts_off)
+    assert all(a.rise is not None and a.rise >= 2.0 for a in alerts_on)
+
+
+def test_gate_spans_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="alert_gate_short"):
+        EventSettings(alert_gate_short=50, alert_gate_long=50)
+
+
+def test_gate_auto_is_on_for_windowed_models_only() -> None:
+    assert make().gate is None  # a model of single events: one event can be the whole incident
+    windowed = make(SquareScorer(window=4))
+    assert windowed.gate is not None and windowed.gate.z == DEFAULT_GATE_Z
+    assert (
+        make(alert_gate_z=3.0).gate is not None
+        and make(SquareScorer(window=4), alert_gate_z=0).gate is None
+    )
+    windowed.swap_model(SquareScorer())  # the gate follows the model
+    assert windowed.gate is None
+
+
+def test_swap_model_restarts_the_gate_from_the_new_scores() -> None:
+    pipeline = make(alert_gate_z=2.0)
+    pipeline.process_messages([message(i, {"x": 1.0, "y": 0, "z": 0}) for i in range(10)])
+    assert pipeline.gate is not None and len(pipeline.gate) == 1
+    pipeline.swap_model(SquareScorer(version="v2", train_scores=np.linspace(0, 100, 1_000)))
+    assert pipeline.gate is not None and len(pipeline.gate) == 0
+    # 150 is over the new threshold (99), but one such score lifts the short mean of the new scores
+    # (mean 50, sd 29) by 0.6 sd only; from the old model's scores it would be a rise of over 100 sd
+    result = pipeline.process_messages([message(10, {"x": 150**0.5, "y": 0, "z": 0})])
+    assert result.alert_mask.all() and not result.published.any()

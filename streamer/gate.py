@@ -1,0 +1,221 @@
+"""The rise gate: an alert is published only while its key's recent scores stand out from the key's own
+history.
+
+A quantile threshold flags about ``1 - q`` of every key's events, whatever happens in them: a noisy but
+healthy sensor alerts as often as a failing one. The gate asks a second question of each exceedance,
+the one behind Numenta's anomaly likelihood: are this key's last few scores, taken together, unusually
+high for this key? Per key it keeps exponentially weighted averages of every score: a short one (span
+``short``, about the last 10 events) and the mean and variance of a long one (span ``long``, about the
+last 1,000). An exceedance passes while
+
+    (short mean - long mean) / long standard deviation >= z
+
+with the long statistics taken before the event, so a spike does not raise its own bar. A lone
+outlier in a noisy key moves the short mean little; a key whose scores rise together opens the gate.
+
+Like the cooldown, the gate acts on what is published, after the threshold has seen every score: it
+changes neither the threshold nor the point-wise decisions. Every key starts from the prior, the
+model's scores on held-back normal data, so a new key needs no warm-up. The state is three numbers per
+key, bounded to ``max_keys`` keys (the least recently seen forgotten first).
+
+All of it is vectorised over the batch: events are grouped by key with one stable sort, and each
+average runs as one linear filter (``scipy.signal.lfilter``) over all the keys' events laid end to end.
+Each key's own starting point is then put in by a correction: at a key's ``k``-th event, the filter's
+output carries ``c ** (k + 1)`` times whatever the filter held when the key's events began (``c`` the
+decay), so adding ``c ** (k + 1)`` times (the key's state minus that value) gives exactly the key's own
+average. Python code runs once per distinct key, not once per event.
+
+>>> g = AlertGate(z=2.0, prior=(1.0, 0.1))
+>>> z = g.zscores(np.array([1.0, 1.1, 9.0, 9.0, 9.0]), ["a", "a", "a", "a", "b"])
+>>> (z >= 2.0).tolist()
+[False, False, True, True, True]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Hashable, Sequence
+from itertools import repeat
+from typing import Literal
+
+import numpy as np
+
+DEFAULT_GATE_Z = 2.0
+DEFAULT_SHORT = 10
+DEFAULT_LONG = 1_000
+_MAX_SCORE = 1e100  # scores are clipped here, so that squares stay finite
+_SHORT, _MEAN, _SQUARE = 0, 1, 2  # a key's state: short mean, long mean, long mean of squares
+
+
+def gate_z_arg(text: str) -> float | Literal["auto"]:
+    """A command-line value of ``events.alert_gate_z``: ``auto`` or a number >= 0."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+    if not 0 <= value <= 1e3:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1000, got {value:g}")
+    return value
+
+
+def _alpha(span: int) -> float:
+    """Weight of the newest value in an exponentially weighted average of span ``span`` (pandas'
+    convention: the centre of mass of the weights is (span - 1) / 2 events back)."""
+    return 2.0 / (span + 1.0)
+
+
+class AlertGate:
+    """Per key, whether its recent scores stand out from its history (see the module docstring)."""
+
+    def __init__(
+        self,
+        z: float,
+        prior: tuple[float, float],
+        short: int = DEFAULT_SHORT,
+        long: int = DEFAULT_LONG,
+        max_keys: int = 100_000,
+    ) -> None:
+        """``prior``: (mean, standard deviation) of normal scores, every new key's starting point."""
+        if not z > 0:
+            raise ValueError(f"z must be > 0, got {z}")
+        if not 1 <= short < long:
+            raise ValueError(f"need 1 <= short < long, got short={short}, long={long}")
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be positive, got {max_keys}")
+        mean, sd = (float(v) for v in prior)
+        if not (np.isfinite(mean) and np.isfinite(sd) and sd >= 0):
+            raise ValueError(f"prior must be a finite mean and sd >= 0, got {prior}")
+        self.z = z
+        self.short = short
+        self.long = long
+        self.max_keys = max_keys
+        self._prior = np.array([mean, mean, sd * sd + mean * mean])
+        # A key's standard deviation never counts as less than this: a key whose scores have been
+        # constant would otherwise open the gate on any rise at all.
+        self._sd_floor = max(1e-6 * sd, 1e-12 * abs(mean), 1e-30)
+        # Each key has a slot: a column of `_values` (short mean, long mean, long mean of squares)
+        # and the batch in which it was last seen (`_seen`), so that a batch reads and writes every
+        # key's state with one gather and one scatter. Slots of forgotten keys are reused.
+        self._slot: dict[Hashable, int] = {}
+        self._key_of: list[Hashable] = []
+        self._free: list[int] = []
+        self._values = np.empty((3, 0))
+        self._seen = np.empty(0, dtype=np.int64)
+        self._batch = 0
+
+    @classmethod
+    def from_scores(cls, z: float, scores: np.ndarray, **kwargs: int) -> AlertGate:
+        """A gate whose prior is the mean and sd of ``scores`` (normal scores; none: 0 and 1)."""
+        s = np.asarray(scores, dtype=np.float64)
+        s = s[np.isfinite(s)]
+        prior = (float(s.mean()), float(s.std())) if len(s) else (0.0, 1.0)
+        return cls(z, prior, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._slot
+
+    def _slots(self, keys: Sequence[Hashable]) -> np.ndarray:
+        """Each event's slot; new keys get one, starting from the prior."""
+        slot_of, n = self._slot, len(keys)
+        slots = np.fromiter(map(slot_of.get, keys, repeat(-1, n)), dtype=np.intp, count=n)
+        new_rows = np.flatnonzero(slots < 0)
+        if len(new_rows):
+            new_keys = list(dict.fromkeys([keys[i] for i in new_rows.tolist()]))
+            short = len(new_keys) - len(self._free)
+            if short > 0:  # grow: at least double, so that growing costs O(1) per key
+                grow = max(short, len(self._key_of))
+                self._values = np.concatenate([self._values, np.empty((3, grow))], axis=1)
+                self._seen = np.concatenate([self._seen, np.zeros(grow, dtype=np.int64)])
+                top = len(self._key_of)
+                self._free.extend(range(top + grow - 1, top - 1, -1))
+                self._key_of.extend([None] * grow)
+            for key in new_keys:
+                slot = self._free.pop()
+                slot_of[key] = slot
+                self._key_of[slot] = key
+                self._values[:, slot] = self._prior
+            slots[new_rows] = np.fromiter(
+                map(slot_of.__getitem__, [keys[i] for i in new_rows.tolist()]),
+                dtype=np.intp,
+                count=len(new_rows),
+            )
+        return slots
+
+    def _forget_oldest(self) -> None:
+        """Down to ``max_keys`` keys, the least recently seen forgotten first."""
+        excess = len(self._slot) - self.max_keys
+        if excess <= 0:
+            return
+        used = np.fromiter(self._slot.values(), dtype=np.intp, count=len(self._slot))
+        oldest = used[np.argsort(self._seen[used], kind="stable")[:excess]]
+        for slot in oldest.tolist():
+            del self._slot[self._key_of[slot]]
+            self._key_of[slot] = None
+            self._free.append(slot)
+
+    def zscores(self, scores: np.ndarray, keys: Sequence[Hashable]) -> np.ndarray:
+        """Scores in arrival order and each one's key -> each event's rise (short mean minus long mean,
+        in long standard deviations, the long ones as they stood before the event); state updated."""
+        n = len(scores)
+        if len(keys) != n:
+            raise ValueError(f"{len(keys)} keys for {n} scores")
+        if n == 0:
+            return np.empty(0, dtype=np.float64)
+        x = np.clip(np.asarray(scores, dtype=np.float64), -_MAX_SCORE, _MAX_SCORE)
+        x[np.isnan(x)] = 0.0
+        slots = self._slots(keys)
+        # small integers sort by radix, in linear time
+        order = np.argsort(
+            slots.astype(np.uint16) if len(self._key_of) <= 1 << 16 else slots, kind="stable"
+        )  # events grouped by key, arrival order within
+        grouped = slots[order]
+        begins = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])  # each key's first event
+        present = grouped[begins]  # the batch's keys (slots)
+        counts = np.diff(np.r_[begins, n])
+        key_index = np.repeat(np.arange(len(begins)), counts)  # each grouped event's key, 0..G-1
+        rank = np.arange(n) - begins[key_index]  # its position among its key's events
+        xs = x[order]
+        start = self._values[:, present]  # (3, G)
+        short = _ewm(xs, start[_SHORT], begins, key_index, rank, _alpha(self.short))
+        long = _ewm(np.stack([xs, xs * xs]), start[1:], begins, key_index, rank, _alpha(self.long))
+        before = np.empty_like(long)  # the long averages as they stood before each event
+        before[:, 1:] = long[:, :-1]
+        before[:, begins] = start[1:]
+        last = begins + counts - 1
+        self._batch += 1
+        self._values[_SHORT, present] = short[last]
+        self._values[1:, present] = long[:, last]
+        self._seen[present] = self._batch
+        self._forget_oldest()
+        mean, square = before
+        sd = np.sqrt(np.maximum(square - mean * mean, 0.0))
+        out = np.empty(n)
+        out[order] = (short - mean) / np.maximum(sd, self._sd_floor)
+        return out
+
+
+def _ewm(
+    values: np.ndarray,
+    initial: np.ndarray,
+    first: np.ndarray,
+    grouped: np.ndarray,
+    rank: np.ndarray,
+    alpha: float,
+) -> np.ndarray:
+    """Per key, y[k] = (1 - alpha) * y[k - 1] + alpha * values[k] from y[-1] = the key's ``initial``,
+    along the last axis of ``values``: the events of every key laid end to end (key ``grouped[k]``,
+    its ``rank[k]``-th event; key ``j``'s events begin at ``first[j]``)."""
+    from scipy.signal import lfilter  # imported on first use: the CLI starts without SciPy
+
+    c = 1.0 - alpha
+    y = lfilter([alpha], [1.0, -c], values, axis=-1)  # from zero
+    # what the one filter held when each key's events began (0 before the first key)
+    carried = np.zeros(initial.shape)
+    inner = first > 0
+    carried[..., inner] = y[..., first[inner] - 1]
+    return np.asarray(y + (initial - carried)[..., grouped] * c ** (rank + 1.0))
