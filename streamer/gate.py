@@ -23,7 +23,8 @@ average runs as one linear filter (``scipy.signal.lfilter``) over all the keys' 
 Each key's own starting point is then put in by a correction: at a key's ``k``-th event, the filter's
 output carries ``c ** (k + 1)`` times whatever the filter held when the key's events began (``c`` the
 decay), so adding ``c ** (k + 1)`` times (the key's state minus that value) gives exactly the key's own
-average. Python code runs once per distinct key, not once per event.
+average (each key's values scaled to its own magnitude, so that no key's scale leaks into another's
+precision). Python code runs once per new or forgotten key, not once per event.
 
 >>> g = AlertGate(z=2.0, prior=(1.0, 0.1))
 >>> z = g.zscores(np.array([1.0, 1.1, 9.0, 9.0, 9.0]), ["a", "a", "a", "a", "b"])
@@ -212,10 +213,17 @@ def _ewm(
     its ``rank[k]``-th event; key ``j``'s events begin at ``first[j]``)."""
     from scipy.signal import lfilter  # imported on first use: the CLI starts without SciPy
 
+    # Each key's values and state are divided by the key's own largest magnitude first: what one key
+    # leaves in the filter is then of the order of 1 for the next key too, whatever their scales, so
+    # taking it out again costs no precision (a key scoring 1e12 next to one scoring 1e-3).
+    size = np.maximum(np.maximum.reduceat(np.abs(values), first, axis=-1), np.abs(initial))
+    size[size == 0] = 1.0
+    per_event = size[..., grouped]
     c = 1.0 - alpha
-    y = lfilter([alpha], [1.0, -c], values, axis=-1)  # from zero
+    y = lfilter([alpha], [1.0, -c], values / per_event, axis=-1)  # from zero
     # what the one filter held when each key's events began (0 before the first key)
     carried = np.zeros(initial.shape)
     inner = first > 0
     carried[..., inner] = y[..., first[inner] - 1]
-    return np.asarray(y + (initial - carried)[..., grouped] * c ** (rank + 1.0))
+    y += (initial / size - carried)[..., grouped] * c ** (rank + 1.0)
+    return np.asarray(y * per_event)

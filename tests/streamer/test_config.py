@@ -45,8 +45,21 @@ def test_env_lists_are_json(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "windowed", "dense"), [("auto", 2.0, 0.0), ("0", 0.0, 0.0), ("3.5", 3.5, 3.5)]
+)
+def test_gate_z_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, windowed: float, dense: float
+) -> None:
+    monkeypatch.setenv("STREAMER_EVENTS__ALERT_GATE_Z", value)
+    events = load_settings().events
+    assert (events.gate_z(windowed=True), events.gate_z(windowed=False)) == (windowed, dense)
+
+
+@pytest.mark.parametrize(
     ("name", "value", "named"),
     [
+        ("STREAMER_EVENTS__ALERT_GATE_Z", "high", "events.alert_gate_z"),
+        ("STREAMER_EVENTS__ALERT_GATE_Z", "-1", "events.alert_gate_z"),
         ("STREAMER_KAFKA__BOGUS", "1", "kafka.bogus"),
         ("STREAMER_BOGUS", "1", "STREAMER_BOGUS"),
         ("STREAMER_THRESHOLD__Q", "1.5", "threshold.q"),

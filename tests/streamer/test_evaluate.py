@@ -330,11 +330,12 @@ def test_cli_single_series_writes_json_decisions_and_plot(
         "--model", "pca", "--test", str(data), "--train-fraction", "0.6667",
         "--label-column", "label", "--window", "16", "--json",
         "--decisions-out", str(out), "--plot", str(png), "--q", "0.99",
-        "--cooldown", "20", "--escalation", "3",
+        "--cooldown", "20", "--escalation", "3", "--gate-z", "1.5", "--gate-spans", "5,200",
     )  # fmt: skip
     assert code == 0
     payload = orjson.loads(capsys.readouterr().out)
     assert (payload["settings"]["cooldown"], payload["settings"]["escalation"]) == (20.0, 3.0)
+    assert payload["settings"]["gate"] == {"z": 1.5, "short": 5, "long": 200}
     assert [d["kind"] for d in payload["detectors"]] == ["pca", "hst"]
     assert payload["n_test"] == 400 and payload["settings"]["threshold"]["q"] == 0.99
     assert {"f1", "precision", "recall", "auprc", "roc_auc", "range_recall"} <= set(
@@ -357,6 +358,11 @@ def test_cli_refuses_bad_combinations(tmp_path: Path) -> None:
         run_cli("--test", "x.csv", "--cooldown", "-1")
     with pytest.raises(StreamerError, match=r"invalid setting.*alert_escalation"):
         run_cli("--test", "x.csv", "--escalation", "0.5")
+    for bad in (["--gate-z", "high"], ["--gate-z", "-1"], ["--gate-spans", "10"]):
+        with pytest.raises(SystemExit):
+            run_cli("--test", "x.csv", *bad)
+    with pytest.raises(StreamerError, match=r"invalid setting.*alert_gate_short"):
+        run_cli("--test", "x.csv", "--gate-spans", "100,100")
 
 
 def test_resolve_kinds_adds_baselines_once_and_expands_auto() -> None:

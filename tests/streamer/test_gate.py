@@ -52,6 +52,18 @@ def test_matches_the_event_by_event_definition(batches, short, long) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
 
 
+def test_keys_of_very_different_scales_do_not_disturb_each_other() -> None:
+    """Keys share one filter pass; a key scoring 1e12 must not cost its neighbour any precision."""
+    rng = np.random.default_rng(2)
+    big, small = rng.gamma(2.0, 1e12, 300), rng.gamma(2.0, 1e-3, 300)
+    scores = np.empty(600)
+    scores[0::2], scores[1::2] = big, small
+    keys = ["big", "small"] * 300
+    got = AlertGate(2.0, prior=(2e-3, 1.4e-3)).zscores(scores, keys)
+    want = reference([(scores.tolist(), keys)], (2e-3, 1.4e-3), 10, 1_000)
+    np.testing.assert_allclose(got, want, rtol=1e-7)
+
+
 def test_batching_does_not_change_the_result() -> None:
     rng = np.random.default_rng(0)
     scores = rng.gamma(2.0, 1.0, 3_000)
