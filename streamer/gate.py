@@ -35,7 +35,7 @@ precision). Python code runs once per new or forgotten key, not once per event.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from itertools import repeat
 from typing import Literal
 
@@ -105,6 +105,10 @@ class AlertGate:
         self._values = np.empty((3, 0))
         self._seen = np.empty(0, dtype=np.int64)
         self._batch = 0
+        # SciPy is imported here, when a gate is made, not when the CLI starts nor at the first batch.
+        from scipy.signal import lfilter
+
+        self._lfilter = lfilter
 
     @classmethod
     def from_scores(cls, z: float, scores: np.ndarray, **kwargs: int) -> AlertGate:
@@ -182,8 +186,11 @@ class AlertGate:
         rank = np.arange(n) - begins[key_index]  # its position among its key's events
         xs = x[order]
         start = self._values[:, present]  # (3, G)
-        short = _ewm(xs, start[_SHORT], begins, key_index, rank, _alpha(self.short))
-        long = _ewm(np.stack([xs, xs * xs]), start[1:], begins, key_index, rank, _alpha(self.long))
+        lfilter = self._lfilter
+        short = _ewm(lfilter, xs, start[_SHORT], begins, key_index, rank, _alpha(self.short))
+        long = _ewm(
+            lfilter, np.stack([xs, xs * xs]), start[1:], begins, key_index, rank, _alpha(self.long)
+        )
         before = np.empty_like(long)  # the long averages as they stood before each event
         before[:, 1:] = long[:, :-1]
         before[:, begins] = start[1:]
@@ -201,6 +208,7 @@ class AlertGate:
 
 
 def _ewm(
+    lfilter: Callable[..., np.ndarray],
     values: np.ndarray,
     initial: np.ndarray,
     first: np.ndarray,
@@ -210,9 +218,7 @@ def _ewm(
 ) -> np.ndarray:
     """Per key, y[k] = (1 - alpha) * y[k - 1] + alpha * values[k] from y[-1] = the key's ``initial``,
     along the last axis of ``values``: the events of every key laid end to end (key ``grouped[k]``,
-    its ``rank[k]``-th event; key ``j``'s events begin at ``first[j]``)."""
-    from scipy.signal import lfilter  # imported on first use: the CLI starts without SciPy
-
+    its ``rank[k]``-th event; key ``j``'s events begin at ``first[j]``); ``lfilter`` is SciPy's."""
     # Each key's values and state are divided by the key's own largest magnitude first: what one key
     # leaves in the filter is then of the order of 1 for the next key too, whatever their scales, so
     # taking it out again costs no precision (a key scoring 1e12 next to one scoring 1e-3).
