@@ -45,7 +45,9 @@ DEFAULT_GATE_Z = 2.0
 DEFAULT_SHORT = 10
 DEFAULT_LONG = 1_000
 _MAX_SCORE = 1e100  # scores are clipped here, so that squares stay finite
-_SHORT, _MEAN, _SQUARE = 0, 1, 2  # a key's state: short mean, long mean, long mean of squares
+# A key's state, a column of three: the short mean, then the long mean and long mean of squares,
+# which are filtered together (rows 1:).
+_SHORT, _LONG = 0, slice(1, 3)
 
 
 def gate_z_arg(text: str) -> float | Literal["auto"]:
@@ -189,15 +191,21 @@ class AlertGate:
         lfilter = self._lfilter
         short = _ewm(lfilter, xs, start[_SHORT], begins, key_index, rank, _alpha(self.short))
         long = _ewm(
-            lfilter, np.stack([xs, xs * xs]), start[1:], begins, key_index, rank, _alpha(self.long)
+            lfilter,
+            np.stack([xs, xs * xs]),
+            start[_LONG],
+            begins,
+            key_index,
+            rank,
+            _alpha(self.long),
         )
         before = np.empty_like(long)  # the long averages as they stood before each event
         before[:, 1:] = long[:, :-1]
-        before[:, begins] = start[1:]
+        before[:, begins] = start[_LONG]
         last = begins + counts - 1
         self._batch += 1
         self._values[_SHORT, present] = short[last]
-        self._values[1:, present] = long[:, last]
+        self._values[_LONG, present] = long[:, last]
         self._seen[present] = self._batch
         self._forget_oldest()
         mean, square = before
