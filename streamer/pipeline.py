@@ -217,14 +217,16 @@ class Pipeline:
         """
         timings: dict[str, float] = {}
         if message_keys is not None:
-            message_keys = cache(message_keys)  # one list for the windows and the gate
+            message_keys = cache(message_keys)  # one list of keys for the batch, sliced per chunk
         submit = _async_submit(self.scorer)
         if submit is not None and len(values) > self.overlap_chunk:
-            decoded, scores, per_feature = self._overlapped(
+            decoded, scores, per_feature, entities = self._overlapped(
                 values, origin, message_keys, submit, timings
             )
         else:
-            decoded, scores, per_feature = self._in_one_pass(values, origin, message_keys, timings)
+            decoded, scores, per_feature, entities = self._in_one_pass(
+                values, origin, message_keys, timings
+            )
         t3 = time.perf_counter()
 
         rejected = list(decoded.rejected)
@@ -237,12 +239,14 @@ class Pipeline:
             decoded = decoded.take(keep)
             decoded.rejected = rejected
             scores, per_feature = scores[keep], per_feature[keep]
+            if entities is not None:
+                entities = [entities[j] for j in keep.tolist()]
         thresholds, alert_mask = self.threshold.decide(scores)
         t4 = time.perf_counter()
         timings["threshold"] = t4 - t3
         candidates, rise = alert_mask, None
         if self.gate is not None:
-            rise = self.gate.zscores(scores, self._entities(origin, decoded, message_keys))
+            rise = self.gate.zscores(scores, entities or [])
             candidates = alert_mask & (rise >= self.gate.z)
             t5 = time.perf_counter()
             timings["gate"] = t5 - t4
@@ -297,11 +301,15 @@ class Pipeline:
         decoded: DecodedBatch,
         origin: Callable[[int], Message],
         message_keys: Callable[[], Sequence[bytes | None]] | None,
-    ) -> np.ndarray:
-        """The rows themselves, or for a windowed model each row's entity window (B, W, F)."""
-        if self._windows is None or not len(decoded.x):
-            return decoded.x
-        return self._windows.windows(decoded.x, self._entities(origin, decoded, message_keys))
+    ) -> tuple[np.ndarray, list[Hashable] | None]:
+        """The rows themselves, or for a windowed model each row's entity window (B, W, F); and each
+        row's entity, worked out once for the windows and the gate (None when neither needs it)."""
+        if (self._windows is None and self.gate is None) or not len(decoded.x):
+            return decoded.x, None
+        entities = self._entities(origin, decoded, message_keys)
+        if self._windows is None:
+            return decoded.x, entities
+        return self._windows.windows(decoded.x, entities), entities
 
     def _no_scores(self) -> tuple[np.ndarray, np.ndarray]:
         return np.empty(0, dtype=np.float64), np.empty(
@@ -314,18 +322,18 @@ class Pipeline:
         origin: Callable[[int], Message],
         message_keys: Callable[[], Sequence[bytes | None]] | None,
         timings: dict[str, float],
-    ) -> tuple[DecodedBatch, np.ndarray, np.ndarray]:
+    ) -> tuple[DecodedBatch, np.ndarray, np.ndarray, list[Hashable] | None]:
         """Decode the whole batch, then one forward pass over it."""
         t0 = time.perf_counter()
         decoded = self.decoder.decode(values)
         t1 = time.perf_counter()
-        x = self._model_input(decoded, origin, message_keys)
+        x, entities = self._model_input(decoded, origin, message_keys)
         t2 = time.perf_counter()
         scores, per_feature = self.scorer.score(x) if len(x) else self._no_scores()
         timings["decode"] = t1 - t0
         timings["features"] = t2 - t1
         timings["score"] = time.perf_counter() - t2
-        return decoded, scores, per_feature
+        return decoded, scores, per_feature, entities
 
     def _overlapped(
         self,
@@ -334,7 +342,7 @@ class Pipeline:
         message_keys: Callable[[], Sequence[bytes | None]] | None,
         submit: Callable[[np.ndarray], PendingScores],
         timings: dict[str, float],
-    ) -> tuple[DecodedBatch, np.ndarray, np.ndarray]:
+    ) -> tuple[DecodedBatch, np.ndarray, np.ndarray, list[Hashable] | None]:
         """Chunk by chunk: while the device scores chunk k, the CPU decodes chunk k + 1.
 
         Windows are built chunk after chunk in arrival order, so every event sees the same window as
@@ -343,12 +351,17 @@ class Pipeline:
         decode_s = features_s = score_s = 0.0
         parts: list[tuple[int, DecodedBatch]] = []
         results: list[tuple[np.ndarray, np.ndarray]] = []
+        entities: list[Hashable] = []
         pending: PendingScores | None = None
         for start in range(0, len(values), self.overlap_chunk):
             t0 = time.perf_counter()
             part = self.decoder.decode(values[start : start + self.overlap_chunk])
             t1 = time.perf_counter()
-            x = self._model_input(part, _shifted(origin, start), _shifted_keys(message_keys, start))
+            x, part_entities = self._model_input(
+                part, _shifted(origin, start), _shifted_keys(message_keys, start)
+            )
+            if part_entities is not None:
+                entities.extend(part_entities)
             t2 = time.perf_counter()
             if pending is not None:
                 results.append(pending.result())  # the previous chunk, scored while we decoded
@@ -365,7 +378,8 @@ class Pipeline:
         timings["score"] = score_s + time.perf_counter() - t3
         scores = np.concatenate([s for s, _ in results])
         per_feature = np.concatenate([e for _, e in results])
-        return concat(parts), scores, per_feature
+        needed = self._windows is not None or self.gate is not None
+        return concat(parts), scores, per_feature, entities if needed else None
 
     def _entity(
         self, origin: Callable[[int], Message], index: int, obj: dict[str, Any]

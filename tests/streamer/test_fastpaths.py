@@ -218,10 +218,15 @@ class AsyncSquareScorer:
         return type("Pending", (), {"result": lambda self: done})()
 
 
+@pytest.mark.parametrize("gate_z", ["auto", 2.0])
 @pytest.mark.parametrize("key_source", ["field", "kafka"])
 @pytest.mark.parametrize("window", [1, 4])
-def test_overlapped_chunks_give_the_results_of_one_pass(window: int, key_source: str) -> None:
-    """Also with entities from the Kafka keys (``message_keys``), sliced per chunk."""
+def test_overlapped_chunks_give_the_results_of_one_pass(
+    window: int, key_source: str, gate_z: str | float
+) -> None:
+    """Also with entities from the Kafka keys (``message_keys``), sliced per chunk, and with the rise
+    gate, which takes its entities from the chunks (on for the windowed model, and with gate_z = 2 for
+    the other too)."""
     from streamer.config import EventSettings, ThresholdSettings
     from streamer.pipeline import Message, Pipeline
 
@@ -238,7 +243,7 @@ def test_overlapped_chunks_give_the_results_of_one_pass(window: int, key_source:
         pipeline = Pipeline(
             scorer,
             ThresholdSettings(q=0.99),
-            EventSettings(key_field="id") if key_source == "field" else EventSettings(),
+            EventSettings(key_field="id" if key_source == "field" else None, alert_gate_z=gate_z),
             now=lambda: datetime(2026, 1, 1, tzinfo=UTC),
             overlap_chunk=30,
         )
@@ -262,3 +267,4 @@ def test_overlapped_chunks_give_the_results_of_one_pass(window: int, key_source:
         assert a.valid.tolist() == b.valid.tolist()
         assert a.alerts == b.alerts and a.dead_letters == b.dead_letters
         assert a.dead_index == b.dead_index
+        np.testing.assert_array_equal(a.published, b.published)
