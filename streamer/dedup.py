@@ -28,10 +28,10 @@ from collections.abc import Hashable, Sequence
 # quiet periods started by false alarms swallowed real incidents; escalation at 8x then recovered most
 # of those (NAB 31.5, windows found 0.75 -> 0.87; 4x gave 28.5, 2x 22.6). With the default threshold
 # (the last 2,000 scores) the two give 26.9. With the rise gate (streamer.gate, on for windowed models)
-# NAB peaks at a shorter cooldown (0 / 50 / 120 / 200 / 300 / 600 s: -60.5 / 53.5 / 55.7 / 53.3 / 51.1 /
-# 48.5), but without it (dense, vae) 120 s nearly doubles the false alarms of SMAP and MSL against
-# 300 s (3.2 and 5.6 per 1,000 events against 1.8 and 3.0): one cooldown for all, so 300. None of them
-# changes the point-wise F1 of SMAP, MSL or ASD.
+# 300 s is still NAB's best (0 / 50 / 120 / 200 / 300 / 600 s: -50.3 / 53.6 / 55.8 / 53.9 / 56.1 / 54.2);
+# without the gate (dense, vae) 120 s nearly doubles the false alarms of SMAP and MSL against 300 s
+# (3.2 and 5.6 per 1,000 events against 1.8 and 3.0). None of them changes the point-wise F1 of SMAP,
+# MSL or ASD.
 DEFAULT_COOLDOWN_S = 300.0
 DEFAULT_ESCALATION = 8.0
 

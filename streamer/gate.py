@@ -4,9 +4,10 @@ history.
 A quantile threshold flags about ``1 - q`` of every key's events, whatever happens in them: a noisy but
 healthy sensor alerts as often as a failing one. The gate asks a second question of each exceedance,
 the one behind Numenta's anomaly likelihood: are this key's last few scores, taken together, unusually
-high for this key? Per key it keeps exponentially weighted averages of every score: a short one (span
-``short``, about the last 10 events) and the mean and variance of a long one (span ``long``, about the
-last 1,000). An exceedance passes while
+high for this key? Per key it keeps exponentially weighted averages of every score's square root (the
+error's magnitude, whose tail is lighter than the squared error's): a short one (span ``short``, about
+the last 10 events) and the mean and variance of a long one (span ``long``, about the last 1,000). An
+exceedance passes while
 
     (short mean - long mean) / long standard deviation >= z
 
@@ -14,8 +15,8 @@ with the long statistics taken before the event, so a spike does not raise its o
 outlier in a noisy key moves the short mean little; a key whose scores rise together opens the gate.
 
 Like the cooldown, the gate acts on what is published, after the threshold has seen every score: it
-changes neither the threshold nor the point-wise decisions. Every key starts from the prior, the
-model's scores on held-back normal data, so a new key needs no warm-up. The state is three numbers per
+changes neither the threshold nor the point-wise decisions. Every key starts from the prior, taken from
+the model's scores on held-back normal data, so a new key needs no warm-up. The state is three numbers per
 key, bounded to ``max_keys`` keys (the least recently seen forgotten first).
 
 All of it is vectorised over the batch: events are grouped by key with one stable sort, and each
@@ -63,6 +64,19 @@ def gate_z_arg(text: str) -> float | Literal["auto"]:
     return value
 
 
+def _root(scores: np.ndarray) -> np.ndarray:
+    """What the gate averages: each score's square root (its sign kept; NaN as 0, the rest clipped).
+
+    Scores are squared errors, whose tail is heavy: one large score would swell a key's long variance
+    for about ``long`` events and hide whatever rise came next. The root (an error's magnitude) keeps
+    that tail light. On NAB it took the corpus score from 51.1 to 56.1 (48.0 -> 52.4 and 50.4 -> 54.3
+    with two other training seeds).
+    """
+    x = np.clip(scores, -_MAX_SCORE, _MAX_SCORE)
+    x[np.isnan(x)] = 0.0
+    return np.copysign(np.sqrt(np.abs(x)), x)
+
+
 def _alpha(span: int) -> float:
     """Weight of the newest value in an exponentially weighted average of span ``span`` (pandas'
     convention: the centre of mass of the weights is (span - 1) / 2 events back)."""
@@ -80,7 +94,8 @@ class AlertGate:
         long: int = DEFAULT_LONG,
         max_keys: int = 100_000,
     ) -> None:
-        """``prior``: (mean, standard deviation) of normal scores, every new key's starting point."""
+        """``prior``: (mean, standard deviation) of the square roots of normal scores, every new key's
+        starting point."""
         if not z > 0:
             raise ValueError(f"z must be > 0, got {z}")
         if not 1 <= short < long:
@@ -114,9 +129,10 @@ class AlertGate:
 
     @classmethod
     def from_scores(cls, z: float, scores: np.ndarray, **kwargs: int) -> AlertGate:
-        """A gate whose prior is the mean and sd of ``scores`` (normal scores; none: 0 and 1)."""
+        """A gate whose prior is the mean and sd of the roots of ``scores`` (normal scores; none: 0
+        and 1)."""
         s = np.asarray(scores, dtype=np.float64)
-        s = s[np.isfinite(s)]
+        s = _root(s[np.isfinite(s)])
         prior = (float(s.mean()), float(s.std())) if len(s) else (0.0, 1.0)
         return cls(z, prior, **kwargs)
 
@@ -173,8 +189,7 @@ class AlertGate:
             raise ValueError(f"{len(keys)} keys for {n} scores")
         if n == 0:
             return np.empty(0, dtype=np.float64)
-        x = np.clip(np.asarray(scores, dtype=np.float64), -_MAX_SCORE, _MAX_SCORE)
-        x[np.isnan(x)] = 0.0
+        x = _root(np.asarray(scores, dtype=np.float64))
         slots = self._slots(keys)
         # small integers sort by radix, in linear time
         order = np.argsort(

@@ -19,7 +19,8 @@ def reference(
     state: dict[str, list[float]] = {}
     out = []
     for scores, keys in batches:
-        for s, k in zip(scores, keys, strict=True):
+        for score, k in zip(scores, keys, strict=True):
+            s = math.copysign(math.sqrt(abs(score)), score)  # the gate averages roots of scores
             sh, m, sq = state.get(k, [mean0, mean0, sd0 * sd0 + mean0 * mean0])
             sh = (1 - a_s) * sh + a_s * s
             sd = math.sqrt(max(sq - m * m, 0.0))
@@ -110,3 +111,19 @@ def test_inputs_are_checked_and_extreme_scores_stay_finite() -> None:
     assert np.isfinite(z).all()
     assert gate.zscores(np.empty(0), []).shape == (0,)
     assert AlertGate.from_scores(2.0, np.empty(0))._prior.tolist() == [0.0, 0.0, 1.0]
+
+
+def test_one_huge_error_does_not_blind_the_gate_to_the_next_rise() -> None:
+    """The gate averages roots of the scores: a lone squared error 400 times the usual would otherwise
+    swell the long variance enough to keep a sustained rise that follows shut."""
+    rng = np.random.default_rng(0)
+
+    def normal(n: int) -> np.ndarray:
+        return rng.normal(0.0, 1.0, n) ** 2  # the squared errors of a healthy model
+
+    gate = AlertGate.from_scores(2.0, normal(500))
+    gate.zscores(normal(1_000), ["s"] * 1_000)
+    gate.zscores(np.array([400.0]), ["s"])  # one error 20 times the usual size
+    gate.zscores(normal(50), ["s"] * 50)
+    rise = gate.zscores(normal(30) * 25, ["s"] * 30)  # then errors five times their usual size
+    assert (rise >= 2.0).sum() >= 10  # on the raw scores: not once
