@@ -66,8 +66,8 @@ class Alert(_Record):
     top_features: list[FeatureContribution]
     rise: float | None = Field(
         default=None,
-        description="the key's recent scores above its own history, in standard deviations "
-        "(events.alert_gate_z); None with the gate off",
+        description="the key's recent scores (their square roots) above its own history, in "
+        "standard deviations (events.alert_gate_z); None with the gate off",
     )
     detected_at: datetime
     event: dict[str, Any] | None = Field(
