@@ -123,7 +123,7 @@ def test_one_huge_error_does_not_blind_the_gate_to_the_next_rise() -> None:
 
     gate = AlertGate.from_scores(2.0, normal(500))
     gate.zscores(normal(1_000), ["s"] * 1_000)
-    gate.zscores(np.array([400.0]), ["s"])  # one error 20 times the usual size
+    gate.zscores(np.array([400.0]), ["s"])  # one error of 20 (the usual is about 1)
     gate.zscores(normal(50), ["s"] * 50)
     rise = gate.zscores(normal(30) * 25, ["s"] * 30)  # then errors five times their usual size
     assert (rise >= 2.0).sum() >= 10  # on the raw scores: not once
