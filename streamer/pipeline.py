@@ -185,10 +185,14 @@ class Pipeline:
             z, scorer.train_scores, short=e.alert_gate_short, long=e.alert_gate_long
         )
 
+    @property
+    def _needs_entities(self) -> bool:
+        """Whether every row's entity is needed on the hot path: for windows and for the gate."""
+        return self.scorer.window > 1 or self.gate is not None
+
     def _new_decoder(self, scorer: ScorerLike) -> Decoder:
-        """Each event's key field is needed on the hot path only for windows and the gate."""
-        per_event = scorer.window > 1 or self.gate is not None
-        key = self.events.key_field if per_event else None
+        """Each event's key field is decoded only when every row's entity is needed."""
+        key = self.events.key_field if self._needs_entities else None
         return Decoder(scorer.features, self.events.max_message_bytes, key_field=key)
 
     @staticmethod
@@ -304,7 +308,7 @@ class Pipeline:
     ) -> tuple[np.ndarray, list[Hashable] | None]:
         """The rows themselves, or for a windowed model each row's entity window (B, W, F); and each
         row's entity, worked out once for the windows and the gate (None when neither needs it)."""
-        if (self._windows is None and self.gate is None) or not len(decoded.x):
+        if not self._needs_entities or not len(decoded.x):
             return decoded.x, None
         entities = self._entities(origin, decoded, message_keys)
         if self._windows is None:
@@ -378,8 +382,7 @@ class Pipeline:
         timings["score"] = score_s + time.perf_counter() - t3
         scores = np.concatenate([s for s, _ in results])
         per_feature = np.concatenate([e for _, e in results])
-        needed = self._windows is not None or self.gate is not None
-        return concat(parts), scores, per_feature, entities if needed else None
+        return concat(parts), scores, per_feature, entities if self._needs_entities else None
 
     def _entity(
         self, origin: Callable[[int], Message], index: int, obj: dict[str, Any]
