@@ -474,6 +474,8 @@ class _Soak:
     live_stages: dict[str, float] | None = None
     live_events: int = 0
     cpu_percent: dict[str, float] | None = None  # per process over the soak (100 = one core)
+    start_wall_s: float = 0.0  # wall clock when the load generator was told to go
+    cpu_samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # wall s, CPU s
     error: str | None = None
 
 
@@ -625,11 +627,36 @@ def measure_broker(
         "events_total": stats.events,
         "committed_equals_end_offsets": committed == end,
         "soak_cpu_percent": soak.cpu_percent,
+        **_by_quarter(soak, report, config.seconds),
         "rss_start_mb": round(soak.rss_start_mb, 1),
         "rss_end_mb": round(soak.rss_end_mb, 1),
         "rss_max_during_soak_mb": round(soak.rss_max_mb, 1),
         "errors": [*report.errors, *([soak.error] if soak.error else [])],
     }
+
+
+def _by_quarter(soak: _Soak, report: Any, seconds: float) -> dict[str, Any]:
+    """p99 latency and the broker's CPU in each quarter of the soak (by the events' send time).
+
+    A tail that grows from quarter to quarter is a cost that grows with the run: in the embedded
+    broker, each fetch lists every batch stored in the partition, so its CPU per fetch grows with the
+    log (Kafka finds the offset in an index instead).
+    """
+    start, quarter = soak.start_wall_s, seconds / 4
+    sent = np.asarray(report.sent_s, dtype=np.float64)
+    lat = np.asarray(report.latencies_ms, dtype=np.float64)
+    p99: list[float | None] = []
+    broker: list[float | None] = []
+    for i in range(4):
+        lo, hi = start + i * quarter, start + (i + 1) * quarter
+        p99.append(_pct(lat[(sent >= lo) & (sent < hi)].tolist(), 99) if lat.size else None)
+        inside = [(t, c["broker"]) for t, c in soak.cpu_samples if lo <= t <= hi and "broker" in c]
+        if len(inside) >= 2 and inside[-1][0] > inside[0][0]:
+            (t0, c0), (t1, c1) = inside[0], inside[-1]
+            broker.append(round((c1 - c0) / (t1 - t0) * 100, 1))
+        else:
+            broker.append(None)
+    return {"p99_ms_by_quarter": p99, "broker_cpu_percent_by_quarter": broker}
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:
@@ -667,6 +694,10 @@ class _CpuMeter:
         t = proc.cpu_times()
         return float(t.user + t.system)
 
+    def totals(self) -> dict[str, float]:
+        """CPU seconds per process since creation."""
+        return {k: self._total(p) - self._cpu[k] for k, p in self._procs.items()}
+
     def read(self) -> dict[str, float]:
         """Percent of one core per process since creation."""
         wall = max(1e-9, time.monotonic() - self._start)
@@ -690,6 +721,7 @@ def _run_detector(
             soak.drain_s = stats.active_s
             soak.drain_stages = dict(stats.stage_s)
             soak.rss_start_mb = soak.rss_max_mb = _rss_mb()
+            soak.start_wall_s = time.time()
             assert soak.started is not None
             soak.started.set()
             go.set()
@@ -702,8 +734,12 @@ def _run_detector(
         cpu = _CpuMeter(load_pid)
         deadline = time.monotonic() + config.seconds + 120
         target: int | None = None
+        next_sample = 0.0
         while not done.is_set():
             soak.rss_max_mb = max(soak.rss_max_mb, _rss_mb())
+            if time.monotonic() >= next_sample:
+                soak.cpu_samples.append((time.time(), cpu.totals()))
+                next_sample = time.monotonic() + 0.5
             if target is None and parent.poll(0):
                 _, sent, _, _, errors = parent.recv()
                 target = soak.backlog + sent
@@ -963,6 +999,16 @@ def format_report(result: dict[str, Any]) -> str:
                 f"| event -> alert latency p50 / p99 / max at {b['offered_events_per_s'] / 1000:g} k/s "
                 f"offered ({b['latency_samples']} alerts) | {b['p50_ms']} / {b['p99_ms']} / "
                 f"{b['max_ms']} ms | - | - |",
+                "| p99 latency by quarter of the soak (broker CPU, % of a core) | "
+                + " / ".join(
+                    f"{p} ms ({c} %)"
+                    for p, c in zip(
+                        b.get("p99_ms_by_quarter", []),
+                        b.get("broker_cpu_percent_by_quarter", []),
+                        strict=False,
+                    )
+                )
+                + " | - | - |",
                 f"| RSS at soak start / end / max ({b['soak_s']:g} s) | {b['rss_start_mb']} / "
                 f"{b['rss_end_mb']} / {b['rss_max_during_soak_mb']} MB | - | - |",
             ]

@@ -34,6 +34,7 @@ class LoadReport:
     send_s: float = 0.0  # from the first send to the last
     latencies_ms: list[float] = field(default_factory=list)  # one per alert read back
     detect_ms: list[float] = field(default_factory=list)  # send stamp to the alert's detected_at
+    sent_s: list[float] = field(default_factory=list)  # each latency sample's send stamp (epoch s)
     alerts: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -152,6 +153,7 @@ def _read_alerts(
             report.alerts += 1
             if isinstance(sent, int):
                 report.latencies_ms.append((now_us - sent) / 1000.0)
+                report.sent_s.append(sent / 1e6)
                 detected = datetime.fromisoformat(alert["detected_at"]).timestamp()
                 report.detect_ms.append((detected * 1e6 - sent) / 1000.0)
         if messages or not finished.is_set():

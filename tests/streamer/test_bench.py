@@ -52,6 +52,10 @@ def test_quick_bench_prints_complete_json(capsys: pytest.CaptureFixture[str]) ->
     assert broker["committed_equals_end_offsets"], "the detector did not commit every event"
     assert broker["latency_samples"] > 0
     assert broker["p50_ms"] <= broker["p99_ms"] <= broker["max_ms"]
+    quarters = [p for p in broker["p99_ms_by_quarter"] if p is not None]
+    assert len(broker["p99_ms_by_quarter"]) == 4 and quarters
+    assert all(p <= broker["max_ms"] for p in quarters)
+    assert len(broker["broker_cpu_percent_by_quarter"]) == 4
     stages = broker["stages_us_per_event"]
     assert {"consume", "decode", "features", "score", "threshold", "alerts", "commit"} <= set(
         stages
