@@ -7,12 +7,19 @@ Both are pydantic models, so every record is validated before it is produced, an
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1  # bump with the Literal below when a field changes meaning
+# Keys are echoed twice in every record (as its Kafka key and in its JSON), and a key is read from the
+# network: one longer than this is published as "sha256:<hex digest>" of its bytes (stable per entity).
+MAX_KEY_BYTES = 1_024
+# Strings echoed from an event (its time field) are cut at this many characters.
+MAX_ECHO_CHARS = 256
 
 
 class _Record(BaseModel):
@@ -55,9 +62,13 @@ class Alert(_Record):
         description="'topic:partition:offset' of the event; stable across redelivery"
     )
     key: str | None = Field(
-        description="entity key (key field, else the Kafka key), also the Kafka key"
+        description="entity key (key field, else the Kafka key), also the Kafka key; a key over "
+        f"{MAX_KEY_BYTES} bytes is given as 'sha256:' and the hex digest of its UTF-8 bytes"
     )
-    event_time: str | float | int | None = Field(description="time field of the event, else None")
+    event_time: str | float | int | None = Field(
+        description=f"time field of the event, else None (a string cut at {MAX_ECHO_CHARS} "
+        "characters)"
+    )
     source: Source
     score: float
     threshold: float
@@ -71,7 +82,8 @@ class Alert(_Record):
     )
     detected_at: datetime
     event: dict[str, Any] | None = Field(
-        description="the original event, when within the size bound"
+        description="the original event, when within the size bound (and the alert within the "
+        "topic's record size limit)"
     )
     event_truncated: str | None = Field(
         default=None, description="the first bytes of an event too large to echo whole"
@@ -84,17 +96,51 @@ class DeadLetter(_Record):
     schema_version: Literal[1] = 1
     reason: str
     source: Source
-    key: str | None = Field(description="the Kafka key, decoded as UTF-8 with replacement")
+    key: str | None = Field(
+        description="the Kafka key, decoded as UTF-8 with replacement; a key over "
+        f"{MAX_KEY_BYTES} bytes is given as 'sha256:' and the hex digest of its bytes"
+    )
     original_b64: str = Field(
-        description="base64 of the original bytes, at most the configured bound"
+        description="base64 of the original bytes, at most the configured bound (none when the "
+        "dead letter would exceed the topic's record size limit)"
     )
     original_size: int = Field(ge=0)
     truncated: bool
     dead_lettered_at: datetime
 
 
+def bound_key(key: bytes | None) -> bytes | None:
+    """The key as published: as it came, or ``sha256:<hex>`` of it when over ``MAX_KEY_BYTES``."""
+    if key is None or len(key) <= MAX_KEY_BYTES:
+        return key
+    return b"sha256:" + hashlib.sha256(key).hexdigest().encode("ascii")
+
+
 def decode_key(key: bytes | None) -> str | None:
+    key = bound_key(key)
     return None if key is None else key.decode("utf-8", errors="replace")
+
+
+def shrink(value: bytes) -> bytes | None:
+    """A smaller form of a record that a topic refused as too large, or None if it has none.
+
+    The alert loses its echo of the event (``event`` and ``event_truncated`` become null) and the dead
+    letter its original bytes (``original_b64`` empty, ``truncated`` true); everything else stays, so
+    the event is still accounted for and can be found again by its source coordinates.
+    """
+    try:
+        record = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    if "alert_id" in record and (record.get("event") or record.get("event_truncated")):
+        record["event"] = record["event_truncated"] = None
+    elif "reason" in record and record.get("original_b64"):
+        record["original_b64"], record["truncated"] = "", True
+    else:
+        return None
+    return orjson.dumps(record)
 
 
 def dead_letter(

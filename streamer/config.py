@@ -144,7 +144,9 @@ class ThresholdSettings(_Section):
     @classmethod
     def _all_history(cls, value: Any) -> Any:
         """0, "none" or "null" (an env var or TOML has no null) mean all history."""
-        if value == 0 or (isinstance(value, str) and value.strip().lower() in ("0", "none", "null")):
+        if value == 0 or (
+            isinstance(value, str) and value.strip().lower() in ("0", "none", "null")
+        ):
             return None
         return value
 
@@ -171,7 +173,9 @@ class EventSettings(_Section):
     key_field: str | None = None
     time_field: str | None = None
     max_message_bytes: int = Field(default=1_048_576, ge=64, le=64 * 1_048_576)
-    max_original_bytes: int = Field(default=4_096, ge=0, le=1_048_576)
+    # At most 128 KiB: echoed as text (JSON escapes can make a byte six) or base64, it keeps every
+    # record under the producer's default message.max.bytes (1,000,000).
+    max_original_bytes: int = Field(default=4_096, ge=0, le=131_072)
     top_features: int = Field(default=3, ge=1, le=64)
     # After an alert, the entity publishes no alert for this many seconds of event time (its events are
     # still scored and still enter the threshold); 0 publishes every alert. See streamer.dedup.

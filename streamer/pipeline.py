@@ -17,10 +17,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from streamer.alerts import (
+    MAX_ECHO_CHARS,
+    MAX_KEY_BYTES,
     Alert,
     FeatureContribution,
     ModelRef,
     Source,
+    bound_key,
     dead_letter,
     decode_key,
     to_json,
@@ -453,8 +456,12 @@ class Pipeline:
             j, msg, obj, entity = alerting.row, alerting.message, alerting.event, alerting.entity
             if isinstance(entity, bytes):
                 key_str = decode_key(entity)
+            elif entity is None:
+                key_str = None
             else:
-                key_str = None if entity is None else str(entity)
+                key_str = str(entity)
+                if len(key_str) > MAX_KEY_BYTES // 4:  # may be over MAX_KEY_BYTES as UTF-8
+                    key_str = decode_key(key_str.encode("utf-8", "surrogatepass"))
             contributions = [
                 FeatureContribution.model_construct(
                     feature=features[f],
@@ -495,9 +502,9 @@ class Pipeline:
         if self.events.time_field is None:
             return None
         value = obj.get(self.events.time_field)
-        if value is None or isinstance(value, str | int | float):
+        if value is None or isinstance(value, int | float):
             return value
-        return str(value)
+        return (value if isinstance(value, str) else str(value))[:MAX_ECHO_CHARS]
 
     def _build_dead_letters(
         self, origin: Callable[[int], Message], rejected: list[tuple[int, str]]
@@ -516,7 +523,7 @@ class Pipeline:
             )
             out.append(
                 (
-                    msg.key,
+                    bound_key(msg.key),
                     dead_letter(
                         reason, source, msg.key, msg.value, self.events.max_original_bytes, now
                     ),

@@ -38,6 +38,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as KafkaMessage
 
+from streamer.alerts import bound_key, shrink
 from streamer.batching import MicroBatcher
 from streamer.config import Settings
 from streamer.errors import ConfigError, DeliveryError, StreamerError
@@ -47,6 +48,8 @@ from streamer.reload import ModelWatcher
 log = structlog.get_logger(__name__)
 
 _POLL_S = 0.5  # longest a loop turn waits for input, so stop requests are served promptly
+# A record over the producer's message.max.bytes, or over a topic's max.message.bytes on the broker.
+_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 
 
 @dataclass
@@ -142,10 +145,18 @@ class Detector:
         self.stats = RunStats()
         self._stop = threading.Event()
         self._delivery_errors: list[str] = []
+        self._too_large: list[
+            tuple[str, bytes | None, bytes]
+        ] = []  # refused by a topic's size limit
+        self._resending = False
         kafka = settings.kafka
         try:
             self.consumer = Consumer(
-                {**kafka.consumer_config(), **(consumer_overrides or {}), "on_commit": self._on_commit}
+                {
+                    **kafka.consumer_config(),
+                    **(consumer_overrides or {}),
+                    "on_commit": self._on_commit,
+                }
             )
             self.producer = Producer(kafka.producer_config())
         except KafkaException as exc:  # librdkafka names the property, never a secret's value
@@ -175,8 +186,13 @@ class Detector:
         self.offsets.mark_committed([p for p in partitions if p.error is None])
 
     def _on_delivery(self, err: KafkaError | None, msg: KafkaMessage) -> None:
-        if err is not None:
-            self._delivery_errors.append(f"{msg.topic()}: {err}")
+        if err is None:
+            return
+        if err.code() in _TOO_LARGE and not self._resending:
+            # the topic's size limit is below the producer's: send the record again without its echo
+            self._too_large.append((cast(str, msg.topic()), msg.key(), msg.value() or b""))
+            return
+        self._delivery_errors.append(f"{msg.topic()}: {err}")
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update((p.topic, p.partition) for p in partitions)
@@ -294,9 +310,9 @@ class Detector:
         if settings.scores_topic is not None:
             self._produce_scores(settings.scores_topic, batch, result)
         if result.alerts or result.dead_letters or settings.scores_topic is not None:
-            remaining = self.producer.flush(30.0)
-            if remaining:
-                raise DeliveryError(f"{remaining} alerts/dead letters not acknowledged within 30 s")
+            self._flush()
+            if self._too_large:
+                self._resend_smaller()
         if self._delivery_errors:
             raise DeliveryError("delivery failed: " + "; ".join(self._delivery_errors[:5]))
         t2 = time.perf_counter()
@@ -366,7 +382,7 @@ class Detector:
                 "threshold": thresholds[j] if thresholds[j] != float("inf") else None,
                 "alert": alerts[j],
             }
-            self._produce(topic, m.key(), orjson.dumps(record))
+            self._produce(topic, bound_key(m.key()), orjson.dumps(record))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         while True:
@@ -375,6 +391,33 @@ class Detector:
                 return
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self.producer.poll(0.1)
+            except KafkaException as exc:  # over the producer's message.max.bytes
+                smaller = shrink(value) if exc.args[0].code() in _TOO_LARGE else None
+                if smaller is None:
+                    raise DeliveryError(f"{topic}: {exc.args[0].str()}") from None
+                log.warning("record_too_large", topic=topic, bytes=len(value), sent=len(smaller))
+                value = smaller
+
+    def _flush(self) -> None:
+        remaining = self.producer.flush(30.0)
+        if remaining:
+            raise DeliveryError(f"{remaining} alerts/dead letters not acknowledged within 30 s")
+
+    def _resend_smaller(self) -> None:
+        """Send again, without their echo, the records a topic refused as too large; once only."""
+        refused, self._too_large = self._too_large, []
+        self._resending = True
+        try:
+            for topic, key, value in refused:
+                smaller = shrink(value)
+                if smaller is None:
+                    self._delivery_errors.append(f"{topic}: record too large ({len(value)} bytes)")
+                    continue
+                log.warning("record_too_large", topic=topic, bytes=len(value), sent=len(smaller))
+                self._produce(topic, key, smaller)
+            self._flush()
+        finally:
+            self._resending = False
 
     def _maybe_commit(self) -> None:
         """Commit the stored offsets asynchronously if ``commit_interval_ms`` has passed since the last."""

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from streamer.alerts import Alert, DeadLetter
-from streamer.simulate import SimConfig, generate, produce
+from streamer.simulate import SimConfig, SimEvent, generate, produce
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -207,3 +207,40 @@ def test_offsets_are_committed_while_idle_without_a_stop(kit, dense_checkpoint) 
         assert committed == report.end_offsets
     finally:
         kit.stop(proc, signal.SIGTERM)
+
+
+def test_records_over_the_size_limit_go_out_without_their_echo(kit, dense_checkpoint) -> None:
+    """An alert or dead letter larger than the producer accepts (message.max.bytes) would stop the
+    service on every restart; it is sent without its echo of the event instead, and committed."""
+    names = kit.topics("big")
+    events = list(generate(300, SimConfig(seed=5, anomaly_rate=0.0, malformed_rate=0.0)))
+    sample = orjson.loads(events[0].value)
+    huge = {**sample, "sensor_id": "huge", **dict.fromkeys(SimConfig().features, 1e4)}
+    huge["note"] = "n" * 40_000  # valid, anomalous, echoed whole: the alert is ~41 kB
+    bad = b"{" + b"x" * 40_000  # invalid JSON: its dead letter's base64 is ~53 kB
+    events += [
+        SimEvent("huge", orjson.dumps(huge), 1, "spike", 300, False),
+        SimEvent("bad", bad, 0, "malformed:invalid_json", 301, True),
+    ]
+    report = produce(kit.bootstrap, names["in"], events)
+    proc = subprocess.run(
+        kit.run_args(
+            names, dense_checkpoint, "--max-events", str(report.count), "--idle-exit", "30"
+        ),
+        env=kit.env(
+            STREAMER_EVENTS__MAX_MESSAGE_BYTES="65536",
+            STREAMER_EVENTS__MAX_ORIGINAL_BYTES="65536",
+            STREAMER_KAFKA__EXTRA='{"message.max.bytes": "20000"}',
+        ),
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert b"record_too_large" in proc.stdout + proc.stderr
+    alerts = [Alert.model_validate(a) for a in kit.read(names["alerts"])]
+    (big,) = [a for a in alerts if a.key == "huge"]
+    assert big.event is None and big.event_truncated is None and big.score > big.threshold
+    (letter,) = [DeadLetter.model_validate(d) for d in kit.read(names["dead"])]
+    assert letter.original_b64 == "" and letter.truncated and letter.original_size == len(bad)
+    assert "invalid JSON" in letter.reason
+    assert kit.committed(names["group"], names["in"]) == report.end_offsets

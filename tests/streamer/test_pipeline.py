@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 import numpy as np
 import orjson
 import pytest
 
-from streamer.alerts import Alert, DeadLetter
+from streamer.alerts import MAX_ECHO_CHARS, MAX_KEY_BYTES, Alert, DeadLetter, shrink
 from streamer.config import EventSettings, ThresholdSettings
 from streamer.gate import DEFAULT_GATE_Z
 from streamer.pipeline import Message, Pipeline
@@ -120,6 +121,54 @@ def test_dead_letter_original_is_bounded() -> None:
     letter = DeadLetter.model_validate_json(result.dead_letters[0][1])
     assert letter.truncated and letter.original_size == 100
     assert len(letter.original_b64) == len("eHh4eHh4eHh4eHh4eHh4eA==")
+
+
+def test_long_keys_and_time_strings_are_bounded_in_every_record() -> None:
+    """A key is echoed twice per record (its Kafka key and its JSON): one over MAX_KEY_BYTES is
+    published as its digest, the same for every event of the entity; a long time string is cut."""
+    pipeline = make(key_field="id", time_field="ts", alert_gate_z=0, alert_cooldown_s=0)
+    long_id, long_kafka_key = "s" * 5_000, b"\x01" * 5_000
+    batch = [
+        message(0, {"x": 5, "y": 0, "z": 0, "id": long_id, "ts": "t" * 10_000}),
+        message(1, {"x": 6, "y": 0, "z": 0, "id": long_id, "ts": 1}),
+        message(2, {}, key=long_kafka_key, raw=b"{oops"),
+    ]
+    result = pipeline.process_messages(batch)
+    digest = "sha256:" + hashlib.sha256(long_id.encode()).hexdigest()
+    assert [k for k, _ in result.alerts] == [digest.encode()] * 2
+    first = Alert.model_validate_json(result.alerts[0][1])
+    assert first.key == digest and first.event_time == "t" * MAX_ECHO_CHARS
+    ((key, value),) = result.dead_letters
+    letter = DeadLetter.model_validate_json(value)
+    assert key == b"sha256:" + hashlib.sha256(long_kafka_key).hexdigest().encode()
+    assert letter.key == key.decode() and len(value) < 1_000
+    # a key at the bound is kept as it came
+    at_bound = "k" * MAX_KEY_BYTES
+    alert = make(key_field="id", alert_gate_z=0).process_messages(
+        [message(3, {"x": 5, "y": 0, "z": 0, "id": at_bound})]
+    )
+    assert alert.alerts[0][0] == at_bound.encode()
+
+
+def test_shrink_drops_the_echo_and_keeps_the_accounting() -> None:
+    pipeline = make(alert_gate_z=0, max_original_bytes=4_096)
+    result = pipeline.process_messages(
+        [
+            message(0, {"x": 5, "y": 0, "z": 0, "note": "n" * 2_000}),
+            message(1, {}, raw=b"{" * 3_000),
+        ]
+    )
+    alert_value, dead_value = result.alerts[0][1], result.dead_letters[0][1]
+    alert = Alert.model_validate_json(shrink(alert_value) or b"")
+    assert alert.event is None and alert.event_truncated is None
+    assert alert.alert_id == "in:0:0" and alert.score == pytest.approx(25.0)
+    letter = DeadLetter.model_validate_json(shrink(dead_value) or b"")
+    assert letter.original_b64 == "" and letter.truncated and letter.original_size == 3_000
+    assert "invalid JSON" in letter.reason and letter.source.offset == 1
+    assert len(shrink(alert_value) or b"") < 1_000 and len(shrink(dead_value) or b"") < 1_000
+    # nothing left to drop: None, and the caller reports the record as undeliverable
+    assert shrink(shrink(alert_value) or b"") is None and shrink(b"not json") is None
+    assert shrink(orjson.dumps({"offset": 1, "score": 2.0})) is None
 
 
 def test_non_finite_scores_are_dead_lettered_not_thresholded() -> None:

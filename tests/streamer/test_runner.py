@@ -1,0 +1,110 @@
+"""The detector's output path with a producer whose topics refuse large records (no broker needed).
+
+The embedded broker does not enforce a topic's ``max.message.bytes``, so a broker-side refusal, which
+librdkafka reports at delivery, is played here by a fake producer; the producer-side refusal (at
+``produce``) runs against the embedded broker in ``tests/integration/test_run.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from confluent_kafka import KafkaError, Message
+
+from streamer.alerts import Alert, DeadLetter
+from streamer.config import load_settings
+from streamer.errors import DeliveryError
+from streamer.runner import Detector
+
+
+class SquareScorer:
+    kind = "dense"
+    name = "square"
+    version = "v1"
+    features = ("x", "y")
+    window = 1
+    train_scores = np.linspace(0.0, 3.0, 1_000)
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        err = (x.astype(np.float64) ** 2).astype(np.float32)
+        return err.sum(axis=1).astype(np.float64), err
+
+
+class RefusingProducer:
+    """Acknowledges records up to ``limit`` bytes at flush; refuses larger ones as a broker does."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending: list[tuple[str, bytes | None, bytes, Any]] = []
+        self.delivered: list[tuple[str, bytes | None, bytes]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes | None, on_delivery: Any) -> None:
+        self.pending.append((topic, key, value, on_delivery))
+
+    def flush(self, timeout: float) -> int:
+        pending, self.pending = self.pending, []
+        for topic, key, value, callback in pending:
+            too_large = len(value) > self.limit
+            err = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if too_large else None
+            callback(err, Message(topic=topic, partition=0, offset=0, key=key, value=value))
+            if not too_large:
+                self.delivered.append((topic, key, value))
+        return 0
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def detector(limit: int) -> tuple[Detector, RefusingProducer]:
+    settings = load_settings(
+        None,
+        {
+            # nothing listens there; log_level 0 keeps librdkafka's connection errors quiet
+            "kafka": {
+                "bootstrap_servers": "127.0.0.1:9",
+                "commit_interval_ms": 60_000,
+                "extra": {"log_level": "0"},
+            },
+            "events": {"alert_gate_z": 0, "max_original_bytes": 65_536},
+            "log": {"level": "WARNING"},
+        },
+    )
+    d = Detector(settings, SquareScorer())
+    producer = RefusingProducer(limit)
+    d.producer = producer  # type: ignore[assignment]
+    return d, producer
+
+
+def batch() -> list[Message]:
+    big_event = orjson.dumps({"x": 9.0, "y": 0.0, "note": "n" * 30_000})
+    return [
+        Message(topic="in", partition=0, offset=0, key=b"a", value=orjson.dumps({"x": 0, "y": 0})),
+        Message(topic="in", partition=0, offset=1, key=b"b", value=big_event),
+        Message(topic="in", partition=1, offset=7, key=b"c", value=b"{" * 30_000),
+    ]
+
+
+def test_records_a_topic_refuses_as_too_large_are_resent_without_their_echo() -> None:
+    d, producer = detector(limit=10_000)
+    d._process(batch())
+    (alert_out,) = [v for t, _, v in producer.delivered if t == "alerts"]
+    (dead_out,) = [v for t, _, v in producer.delivered if t == "dead-letters"]
+    alert = Alert.model_validate_json(alert_out)
+    assert alert.alert_id == "in:0:1" and alert.event is None and alert.event_truncated is None
+    letter = DeadLetter.model_validate_json(dead_out)
+    assert letter.original_b64 == "" and letter.truncated and letter.original_size == 30_000
+    # only then are the offsets stored for commit
+    assert {(tp.topic, tp.partition, tp.offset) for tp in d.offsets.uncommitted()} == {
+        ("in", 0, 2),
+        ("in", 1, 8),
+    }
+
+
+def test_a_record_refused_even_without_its_echo_stops_before_any_commit() -> None:
+    d, _ = detector(limit=200)  # below any alert or dead letter
+    with pytest.raises(DeliveryError, match="alerts"):
+        d._process(batch())
+    assert d.offsets.uncommitted() == []
