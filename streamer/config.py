@@ -51,7 +51,9 @@ class KafkaSettings(_Section):
     dead_letter_topic: str = "dead-letters"
     # Optional: one small record per scored event (offset, score, threshold, alert) for audits and dashboards.
     scores_topic: str | None = None
-    session_timeout_ms: int = Field(default=10_000, ge=1_000, le=3_600_000)
+    # Within Kafka's default group.min/max.session.timeout.ms (6 s to 30 min): outside them a broker
+    # refuses the group join, and the consumer would wait for partitions that never come.
+    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=1_800_000)
     # Processed offsets are committed (asynchronously) at most this often, and always on partition
     # revocation and shutdown; 0 commits after every batch. A crash re-reads at most this much (at least
     # once either way). Per batch, at 20,000 events/s the embedded broker spent ~5 % of a core more on
@@ -109,6 +111,10 @@ class KafkaSettings(_Section):
     def producer_config(self) -> dict[str, Any]:
         """Idempotent producer: retries never duplicate or reorder an alert within a partition."""
         return {
+            # A record is acknowledged or failed within this (librdkafka's default is 300 s): the
+            # detector waits that long for a batch's output, below the consumer's 300 s
+            # max.poll.interval.ms. `extra` may override it.
+            "message.timeout.ms": 120_000,
             **self.common_config(),
             "enable.idempotence": True,
             "linger.ms": 5,

@@ -18,6 +18,7 @@ construction: their offsets were never committed, so the partition's new owner r
 from __future__ import annotations
 
 import gc
+import re
 import signal
 import threading
 import time
@@ -41,13 +42,15 @@ from confluent_kafka import Message as KafkaMessage
 from streamer.alerts import bound_key, shrink
 from streamer.batching import MicroBatcher
 from streamer.config import Settings
-from streamer.errors import ConfigError, DeliveryError, StreamerError
+from streamer.errors import ConfigError, DeliveryError
 from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
 from streamer.reload import ModelWatcher
 
 log = structlog.get_logger(__name__)
 
 _POLL_S = 0.5  # longest a loop turn waits for input, so stop requests are served promptly
+# librdkafka's 'Invalid value "..." for configuration property "..."': the value may be a secret.
+_QUOTED_VALUE = re.compile(r'(value\s+)"[^"]*"', re.IGNORECASE)
 # A record over the producer's message.max.bytes, or over a topic's max.message.bytes on the broker.
 _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 
@@ -70,18 +73,26 @@ class RunStats:
 
 
 class OffsetTracker:
-    """The next offset to commit per partition; raises when an offset goes backwards."""
+    """The next offset to commit per partition, as the consumer's position moves."""
 
     def __init__(self) -> None:
         self._next: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
 
     def advance(self, topic: str, partition: int, next_offset: int) -> None:
+        """Record the offset after a processed message, even one below the last.
+
+        The position goes back without a revocation when the log was truncated under the consumer
+        (an unclean leader election; librdkafka's log-truncation detection, or an out-of-range
+        offset reset to the earliest): what is read from there was processed, so the lower offset is
+        the one to commit. Committing the old, higher one would skip the records written anew at
+        those offsets.
+        """
         tp = (topic, partition)
         last = self._next.get(tp)
         if last is not None and next_offset < last:
-            raise StreamerError(
-                f"offset went backwards on {topic}[{partition}]: {next_offset} < {last}"
+            log.warning(
+                "offset_went_back", partition=f"{topic}[{partition}]", now=next_offset, was=last
             )
         self._next[tp] = next_offset
 
@@ -158,9 +169,14 @@ class Detector:
                     "on_commit": self._on_commit,
                 }
             )
-            self.producer = Producer(kafka.producer_config())
-        except KafkaException as exc:  # librdkafka names the property, never a secret's value
-            raise ConfigError(f"Kafka client configuration rejected: {exc.args[0].str()}") from None
+            producer_config = kafka.producer_config()
+            self.producer = Producer(producer_config)
+        except KafkaException as exc:
+            # librdkafka quotes a rejected value, and `extra` values are secrets: name the property only
+            reason = _QUOTED_VALUE.sub(r'\1"***"', exc.args[0].str())
+            raise ConfigError(f"Kafka client configuration rejected: {reason}") from None
+        # librdkafka settles every record (acknowledged or failed) within message.timeout.ms
+        self._delivery_timeout_s = float(producer_config.get("message.timeout.ms", 300_000)) / 1000
         self._assigned: set[tuple[str, int]] = set()
         self._commit_every_s = kafka.commit_interval_ms / 1000.0
         self._last_commit = float("-inf")
@@ -399,9 +415,18 @@ class Detector:
                 value = smaller
 
     def _flush(self) -> None:
+        """Wait until every record produced is acknowledged or failed (a broker's leader election can
+        take longer than a batch); librdkafka settles each within ``message.timeout.ms``."""
+        deadline = time.monotonic() + self._delivery_timeout_s + 10.0
         remaining = self.producer.flush(30.0)
+        while remaining and time.monotonic() < deadline:
+            log.warning("output_not_acknowledged_yet", records=remaining)
+            remaining = self.producer.flush(30.0)
         if remaining:
-            raise DeliveryError(f"{remaining} alerts/dead letters not acknowledged within 30 s")
+            raise DeliveryError(
+                f"{remaining} alerts/dead letters not acknowledged within "
+                f"{self._delivery_timeout_s + 10:g} s"
+            )
 
     def _resend_smaller(self) -> None:
         """Send again, without their echo, the records a topic refused as too large; once only."""

@@ -16,8 +16,8 @@ from confluent_kafka import KafkaError, Message
 
 from streamer.alerts import Alert, DeadLetter
 from streamer.config import load_settings
-from streamer.errors import DeliveryError
-from streamer.runner import Detector
+from streamer.errors import ConfigError, DeliveryError
+from streamer.runner import Detector, OffsetTracker
 
 
 class SquareScorer:
@@ -108,3 +108,53 @@ def test_a_record_refused_even_without_its_echo_stops_before_any_commit() -> Non
     with pytest.raises(DeliveryError, match="alerts"):
         d._process(batch())
     assert d.offsets.uncommitted() == []
+
+
+class SlowProducer(RefusingProducer):
+    """Leaves records unacknowledged for the first ``slow_flushes`` flushes (a leader election)."""
+
+    def __init__(self, slow_flushes: int) -> None:
+        super().__init__(limit=10**9)
+        self.slow_flushes = slow_flushes
+
+    def flush(self, timeout: float) -> int:
+        if self.slow_flushes > 0:
+            self.slow_flushes -= 1
+            return len(self.pending)
+        return super().flush(timeout)
+
+
+def test_output_is_waited_for_until_librdkafka_settles_it() -> None:
+    d, _ = detector(limit=10**9)
+    d.producer = producer = SlowProducer(slow_flushes=3)  # type: ignore[assignment]
+    d._process(batch())
+    assert len(producer.delivered) == 2 and d.offsets.uncommitted()
+
+
+def test_output_never_acknowledged_stops_before_any_commit() -> None:
+    d, _ = detector(limit=10**9)
+    d.producer = SlowProducer(slow_flushes=10**9)  # type: ignore[assignment]
+    d._delivery_timeout_s = -9.9  # the deadline is message.timeout.ms + 10 s: 0.1 s here
+    with pytest.raises(DeliveryError, match="not acknowledged"):
+        d._process(batch())
+    assert d.offsets.uncommitted() == []
+
+
+def test_an_offset_that_goes_back_is_committed_as_it_is() -> None:
+    """After a log truncation the consumer reads on from a lower offset without a revocation; the
+    records there were processed, so the lower offset is the one to commit (not the old, higher one)."""
+    tracker = OffsetTracker()
+    tracker.advance("in", 0, 100)
+    tracker.mark_committed(tracker.uncommitted())
+    tracker.advance("in", 0, 40)
+    assert [(tp.topic, tp.partition, tp.offset) for tp in tracker.uncommitted()] == [("in", 0, 40)]
+
+
+def test_a_rejected_client_setting_is_named_without_its_value() -> None:
+    settings = load_settings(
+        None, {"kafka": {"extra": {"ssl.endpoint.identification.algorithm": "hunter2-secret"}}}
+    )
+    with pytest.raises(ConfigError) as info:
+        Detector(settings, SquareScorer())
+    assert "hunter2" not in str(info.value)
+    assert "ssl.endpoint.identification.algorithm" in str(info.value)
