@@ -72,7 +72,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-field", help="event field holding the entity key (alert key)")
     p.add_argument("--time-field", help="event field holding the event time")
     p.add_argument("--q", type=float, help="threshold quantile, default 0.99")
-    p.add_argument("--window", type=int, help="rolling window of the quantile estimate in scores (default 2000; 0 = all history)")
+    p.add_argument(
+        "--window",
+        type=int,
+        help="rolling window of the quantile estimate in scores (default 2000; 0 = all history)",
+    )
     p.add_argument(
         "--update-on-alert",
         action=argparse.BooleanOptionalAction,
@@ -203,7 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", type=Path, help="CSV, JSONL or .npz (array 'train') of normal data")
     src.add_argument("--from-topic", help="read training events from this Kafka topic")
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (with --from-topic)")
+    p.add_argument(
+        "--bootstrap",
+        help="Kafka bootstrap servers (with --from-topic; default: kafka.bootstrap_servers)",
+    )
+    p.add_argument(
+        "--config", type=Path, help="TOML settings file: the Kafka connection for --from-topic"
+    )
     p.add_argument(
         "--max-events", type=int, default=100_000, help="events to read with --from-topic"
     )

@@ -20,12 +20,20 @@ def _numeric_fields(obj: dict[str, object]) -> list[str]:
 
 def table_from_topic(args: argparse.Namespace) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """Training rows from a topic: rows that cannot be decoded are skipped and counted, never trained on."""
+    from streamer.config import load_settings
     from streamer.kafka_io import read_topic
 
-    if not args.bootstrap:
-        raise DataError("--from-topic needs --bootstrap HOST:PORT")
+    # The connection as `streamer run` makes it (security settings from the file or the environment)
+    overrides = {"kafka": {"bootstrap_servers": args.bootstrap}} if args.bootstrap else None
+    settings = load_settings(getattr(args, "config", None), overrides)
+    max_bytes = settings.events.max_message_bytes
     values = list(
-        read_topic({"bootstrap.servers": args.bootstrap}, args.from_topic, args.max_events)
+        read_topic(
+            settings.kafka.common_config(),
+            args.from_topic,
+            args.max_events,
+            max_message_bytes=max_bytes,
+        )
     )
     features = args.features
     if features is None:
@@ -39,7 +47,7 @@ def table_from_topic(args: argparse.Namespace) -> tuple[np.ndarray, list[str], n
                 break
     if not features:
         raise DataError(f"no decodable event with numeric fields in topic {args.from_topic!r}")
-    decoded = Decoder(features, 1_048_576, key_field=args.entity_column).decode(values)
+    decoded = Decoder(features, max_bytes, key_field=args.entity_column).decode(values)
     if decoded.rejected:
         log.warning(
             "training_rows_skipped", count=len(decoded.rejected), first=decoded.rejected[0][1]

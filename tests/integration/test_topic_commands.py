@@ -20,7 +20,10 @@ def test_train_from_topic_skips_bad_rows_then_encode_to_topic(kit, tmp_path: Pat
     produce(kit.bootstrap, names["in"], stream)
     ckpt = tmp_path / "from-topic.safetensors"
     features = ",".join(SimConfig().features)
-    source = ["--from-topic", names["in"], "--bootstrap", kit.bootstrap, "--max-events", "2000"]
+    # the connection from a settings file, as `streamer run` takes it (no --bootstrap)
+    config = tmp_path / "streamer.toml"
+    config.write_text(f'[kafka]\nbootstrap_servers = "{kit.bootstrap}"\n')
+    source = ["--from-topic", names["in"], "--config", str(config), "--max-events", "2000"]
     assert main(["train", *source, "--features", features, "--out", str(ckpt), "--epochs", "3", "--no-progress"]) == 0
     scorer = load_checkpoint(ckpt)
     assert scorer.features == SimConfig().features
