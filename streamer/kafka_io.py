@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from streamer.errors import BrokerError
+from streamer.errors import BrokerError, ConfigError
+
+_ALL_BROKERS_DOWN = KafkaError._ALL_BROKERS_DOWN
+
+# librdkafka's 'Invalid value "..." for configuration property "..."': the value may be a secret (and
+# may hold quotes itself, so everything up to the property clause goes).
+_QUOTED_VALUE = re.compile(
+    r'(value\s+)".*"(?=\s+for configuration property)', re.IGNORECASE | re.DOTALL
+)
+
+
+def redact_config_error(text: str) -> str:
+    """librdkafka's message for a rejected setting, without the rejected value."""
+    return _QUOTED_VALUE.sub(r'\1"***"', text)
+
 
 # Errors that waiting will not mend: reading stops with them rather than returning too little.
 _REFUSED = frozenset(
@@ -32,16 +47,26 @@ def read_topic(
     """Read a topic from its beginning, without a consumer group or commits, until ``max_events`` values
     are read or nothing arrives for ``idle_s`` (watermarks are not trusted: some brokers report them late).
     Values over ``max_message_bytes`` are yielded as None (the caller counts them as unusable)."""
-    consumer = Consumer(
-        {
-            **client_config,
-            "group.id": "ae-streamer-reader",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-        }
-    )
+    client_errors: list[KafkaError] = []  # authentication, TLS, transport: not from consume()
+    read_errors: list[KafkaError] = []  # from consume(): the topic's partitions
     try:
-        meta = consumer.list_topics(topic, timeout=10)
+        consumer = Consumer(
+            {
+                **client_config,
+                "group.id": "ae-streamer-reader",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "error_cb": client_errors.append,
+            }
+        )
+    except KafkaException as exc:
+        reason = redact_config_error(exc.args[0].str())
+        raise ConfigError(f"Kafka client configuration rejected: {reason}") from None
+    try:
+        try:
+            meta = consumer.list_topics(topic, timeout=10)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read topic {topic!r}: {exc.args[0].str()}") from None
         info = meta.topics.get(topic)
         if info is None or info.error is not None:
             raise BrokerError(
@@ -50,22 +75,24 @@ def read_topic(
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in info.partitions])
         n = 0
         last = time.monotonic()
-        error: KafkaError | None = None
         while n < max_events and time.monotonic() - last < idle_s:
+            refused = [e for e in client_errors + read_errors if e.code() in _REFUSED]
+            if refused:
+                raise BrokerError(f"cannot read topic {topic!r}: {refused[0].str()}")
             for m in consumer.consume(num_messages=min(10_000, max_events - n), timeout=0.5):
                 err = m.error()
                 if err is not None:
                     if err.fatal():
                         raise KafkaException(err)
-                    if err.code() in _REFUSED:
-                        raise BrokerError(f"cannot read topic {topic!r}: {err.str()}")
-                    error = err
+                    read_errors.append(err)
                     continue
                 last = time.monotonic()
                 value = m.value()
                 n += 1
                 yield value if value is None or len(value) <= max_message_bytes else None
-        if n == 0 and error is not None:  # an empty topic reads as nothing, without an error
-            raise BrokerError(f"read nothing from topic {topic!r}: {error.str()}")
+        # An empty topic reads as nothing, without an error; a lone dropped connection is retried.
+        unread = read_errors + [e for e in client_errors if e.code() == _ALL_BROKERS_DOWN]
+        if n == 0 and unread:
+            raise BrokerError(f"read nothing from topic {topic!r}: {unread[-1].str()}")
     finally:
         consumer.close()

@@ -18,7 +18,6 @@ construction: their offsets were never committed, so the partition's new owner r
 from __future__ import annotations
 
 import gc
-import re
 import signal
 import threading
 import time
@@ -43,14 +42,13 @@ from streamer.alerts import bound_key, shrink
 from streamer.batching import MicroBatcher
 from streamer.config import Settings
 from streamer.errors import ConfigError, DeliveryError
+from streamer.kafka_io import redact_config_error
 from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
 from streamer.reload import ModelWatcher
 
 log = structlog.get_logger(__name__)
 
 _POLL_S = 0.5  # longest a loop turn waits for input, so stop requests are served promptly
-# librdkafka's 'Invalid value "..." for configuration property "..."': the value may be a secret.
-_QUOTED_VALUE = re.compile(r'(value\s+)"[^"]*"', re.IGNORECASE)
 # A record over the producer's message.max.bytes, or over a topic's max.message.bytes on the broker.
 _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 
@@ -173,10 +171,14 @@ class Detector:
             self.producer = Producer(producer_config)
         except KafkaException as exc:
             # librdkafka quotes a rejected value, and `extra` values are secrets: name the property only
-            reason = _QUOTED_VALUE.sub(r'\1"***"', exc.args[0].str())
+            reason = redact_config_error(exc.args[0].str())
             raise ConfigError(f"Kafka client configuration rejected: {reason}") from None
-        # librdkafka settles every record (acknowledged or failed) within message.timeout.ms
-        self._delivery_timeout_s = float(producer_config.get("message.timeout.ms", 300_000)) / 1000
+        # librdkafka settles every record (acknowledged or failed) within message.timeout.ms (alias
+        # delivery.timeout.ms)
+        timeout_ms = producer_config.get("delivery.timeout.ms") or producer_config.get(
+            "message.timeout.ms", 300_000
+        )
+        self._delivery_timeout_s = float(timeout_ms) / 1000
         self._assigned: set[tuple[str, int]] = set()
         self._commit_every_s = kafka.commit_interval_ms / 1000.0
         self._last_commit = float("-inf")
@@ -429,20 +431,31 @@ class Detector:
             )
 
     def _resend_smaller(self) -> None:
-        """Send again, without their echo, the records a topic refused as too large; once only."""
+        """Send again, one at a time, the records a topic refused as too large.
+
+        A broker checks its topic's limit against the whole batch that librdkafka packed, and refuses
+        every record in it: so each is first sent again as it was, alone, and only a record refused on
+        its own goes out without its echo (``shrink``). If that too is refused, it is a delivery
+        error. A record sent again arrives after later records of its partition.
+        """
         refused, self._too_large = self._too_large, []
-        self._resending = True
-        try:
-            for topic, key, value in refused:
-                smaller = shrink(value)
-                if smaller is None:
-                    self._delivery_errors.append(f"{topic}: record too large ({len(value)} bytes)")
-                    continue
-                log.warning("record_too_large", topic=topic, bytes=len(value), sent=len(smaller))
-                self._produce(topic, key, smaller)
+        for topic, key, value in refused:
+            self._produce(topic, key, value)
             self._flush()
-        finally:
-            self._resending = False
+            if not self._too_large:
+                continue
+            self._too_large.clear()
+            smaller = shrink(value)
+            if smaller is None:
+                self._delivery_errors.append(f"{topic}: record too large ({len(value)} bytes)")
+                continue
+            log.warning("record_too_large", topic=topic, bytes=len(value), sent=len(smaller))
+            self._resending = True
+            try:
+                self._produce(topic, key, smaller)
+                self._flush()
+            finally:
+                self._resending = False
 
     def _maybe_commit(self) -> None:
         """Commit the stored offsets asynchronously if ``commit_interval_ms`` has passed since the last."""

@@ -100,7 +100,7 @@ def test_secrets_never_leak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert "hunter2" not in str(info.value) and "session_timeout_ms" in str(info.value)
 
 
-@pytest.mark.parametrize("ms", [1_000, 5_999, 1_800_001])
+@pytest.mark.parametrize("ms", [1_000, 5_999, 300_001])
 def test_session_timeouts_a_default_kafka_broker_refuses_are_rejected(ms: int) -> None:
     with pytest.raises(ConfigError, match="session_timeout_ms"):
         load_settings(None, {"kafka": {"session_timeout_ms": ms}})

@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, Message
 from streamer.alerts import Alert, DeadLetter
 from streamer.config import load_settings
 from streamer.errors import ConfigError, DeliveryError
+from streamer.kafka_io import read_topic
 from streamer.runner import Detector, OffsetTracker
 
 
@@ -34,10 +35,15 @@ class SquareScorer:
 
 
 class RefusingProducer:
-    """Acknowledges records up to ``limit`` bytes at flush; refuses larger ones as a broker does."""
+    """Acknowledges records up to ``limit`` bytes at flush; refuses larger ones as a broker does.
 
-    def __init__(self, limit: int) -> None:
+    With ``whole_batch``, the limit is on all the records of a flush together, and every one of them
+    is refused when they exceed it, as a broker refuses every record of a batch over its topic's limit.
+    """
+
+    def __init__(self, limit: int, whole_batch: bool = False) -> None:
         self.limit = limit
+        self.whole_batch = whole_batch
         self.pending: list[tuple[str, bytes | None, bytes, Any]] = []
         self.delivered: list[tuple[str, bytes | None, bytes]] = []
 
@@ -46,8 +52,9 @@ class RefusingProducer:
 
     def flush(self, timeout: float) -> int:
         pending, self.pending = self.pending, []
+        batch_size = sum(len(value) for _, _, value, _ in pending)
         for topic, key, value, callback in pending:
-            too_large = len(value) > self.limit
+            too_large = (batch_size if self.whole_batch else len(value)) > self.limit
             err = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if too_large else None
             callback(err, Message(topic=topic, partition=0, offset=0, key=key, value=value))
             if not too_large:
@@ -73,41 +80,61 @@ def detector(limit: int) -> tuple[Detector, RefusingProducer]:
         },
     )
     d = Detector(settings, SquareScorer())
+    d.consumer.close()  # a real consumer with a commit queued would wait for the broker when freed
+    d.consumer = RecordingConsumer()  # type: ignore[assignment]
     producer = RefusingProducer(limit)
     d.producer = producer  # type: ignore[assignment]
     return d, producer
 
 
+class RecordingConsumer:
+    """Takes the detector's commits and records them."""
+
+    def __init__(self) -> None:
+        self.commits: list[list[tuple[str, int, int]]] = []
+
+    def commit(self, offsets: list[Any], asynchronous: bool) -> None:
+        self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+
+
 def batch() -> list[Message]:
     big_event = orjson.dumps({"x": 9.0, "y": 0.0, "note": "n" * 30_000})
+    small_anomaly = orjson.dumps({"x": 0.0, "y": 8.0})
     return [
         Message(topic="in", partition=0, offset=0, key=b"a", value=orjson.dumps({"x": 0, "y": 0})),
+        Message(topic="in", partition=2, offset=3, key=b"d", value=small_anomaly),
         Message(topic="in", partition=0, offset=1, key=b"b", value=big_event),
         Message(topic="in", partition=1, offset=7, key=b"c", value=b"{" * 30_000),
     ]
 
 
-def test_records_a_topic_refuses_as_too_large_are_resent_without_their_echo() -> None:
+@pytest.mark.parametrize("whole_batch", [False, True])
+def test_records_a_topic_refuses_as_too_large_are_resent_without_their_echo(
+    whole_batch: bool,
+) -> None:
     d, producer = detector(limit=10_000)
+    producer.whole_batch = whole_batch
     d._process(batch())
-    (alert_out,) = [v for t, _, v in producer.delivered if t == "alerts"]
+    alerts = {
+        a.alert_id: a
+        for a in (Alert.model_validate_json(v) for t, _, v in producer.delivered if t == "alerts")
+    }
     (dead_out,) = [v for t, _, v in producer.delivered if t == "dead-letters"]
-    alert = Alert.model_validate_json(alert_out)
-    assert alert.alert_id == "in:0:1" and alert.event is None and alert.event_truncated is None
+    alert = alerts["in:0:1"]
+    assert alert.event is None and alert.event_truncated is None
+    # a small record refused only with its batch goes out again whole
+    assert alerts["in:2:3"].event == {"x": 0.0, "y": 8.0}
     letter = DeadLetter.model_validate_json(dead_out)
     assert letter.original_b64 == "" and letter.truncated and letter.original_size == 30_000
-    # only then are the offsets stored for commit
-    assert {(tp.topic, tp.partition, tp.offset) for tp in d.offsets.uncommitted()} == {
-        ("in", 0, 2),
-        ("in", 1, 8),
-    }
+    # only then are the offsets stored, and committed
+    assert [set(c) for c in d.consumer.commits] == [{("in", 0, 2), ("in", 1, 8), ("in", 2, 4)}]
 
 
 def test_a_record_refused_even_without_its_echo_stops_before_any_commit() -> None:
     d, _ = detector(limit=200)  # below any alert or dead letter
     with pytest.raises(DeliveryError, match="alerts"):
         d._process(batch())
-    assert d.offsets.uncommitted() == []
+    assert d.offsets.uncommitted() == [] and d.consumer.commits == []
 
 
 class SlowProducer(RefusingProducer):
@@ -128,7 +155,7 @@ def test_output_is_waited_for_until_librdkafka_settles_it() -> None:
     d, _ = detector(limit=10**9)
     d.producer = producer = SlowProducer(slow_flushes=3)  # type: ignore[assignment]
     d._process(batch())
-    assert len(producer.delivered) == 2 and d.offsets.uncommitted()
+    assert len(producer.delivered) == 3 and len(d.consumer.commits) == 1
 
 
 def test_output_never_acknowledged_stops_before_any_commit() -> None:
@@ -137,7 +164,7 @@ def test_output_never_acknowledged_stops_before_any_commit() -> None:
     d._delivery_timeout_s = -9.9  # the deadline is message.timeout.ms + 10 s: 0.1 s here
     with pytest.raises(DeliveryError, match="not acknowledged"):
         d._process(batch())
-    assert d.offsets.uncommitted() == []
+    assert d.offsets.uncommitted() == [] and d.consumer.commits == []
 
 
 def test_an_offset_that_goes_back_is_committed_as_it_is() -> None:
@@ -150,11 +177,15 @@ def test_an_offset_that_goes_back_is_committed_as_it_is() -> None:
     assert [(tp.topic, tp.partition, tp.offset) for tp in tracker.uncommitted()] == [("in", 0, 40)]
 
 
-def test_a_rejected_client_setting_is_named_without_its_value() -> None:
-    settings = load_settings(
-        None, {"kafka": {"extra": {"ssl.endpoint.identification.algorithm": "hunter2-secret"}}}
-    )
+@pytest.mark.parametrize("secret", ["hunter2-secret", 'hun"ter2" for x "y'])
+def test_a_rejected_client_setting_is_named_without_its_value(secret: str) -> None:
+    extra = {"ssl.endpoint.identification.algorithm": secret}
+    settings = load_settings(None, {"kafka": {"extra": extra}})
     with pytest.raises(ConfigError) as info:
         Detector(settings, SquareScorer())
-    assert "hunter2" not in str(info.value)
+    assert "hun" not in str(info.value) and "ter2" not in str(info.value)
     assert "ssl.endpoint.identification.algorithm" in str(info.value)
+    # the same for `streamer train --from-topic`
+    with pytest.raises(ConfigError) as info:
+        list(read_topic({"bootstrap.servers": "127.0.0.1:9", **extra}, "t", 1))
+    assert "hun" not in str(info.value) and "ter2" not in str(info.value)
