@@ -105,6 +105,30 @@ class _Alerting:
 
 
 _PLAIN_KEYS = frozenset({str, int})  # key field values used as they are (bool is not one)
+# A str key of at most this many characters is at most MAX_KEY_BYTES in UTF-8 (4 bytes a character).
+_SHORT_KEY_CHARS = MAX_KEY_BYTES // 4
+
+
+def _bound_entity(key: Hashable) -> Hashable:
+    """The entity key as the per-entity state and the records keep it: one over ``MAX_KEY_BYTES``
+    becomes ``sha256:<hex>`` of its bytes (the same for every event of the entity), so that no key read
+    from the network holds more than a kilobyte in the state of up to 100,000 entities."""
+    if isinstance(key, bytes):
+        return bound_key(key)
+    if isinstance(key, str) and len(key) > _SHORT_KEY_CHARS:
+        return decode_key(key.encode("utf-8", "surrogatepass"))
+    return key
+
+
+def _bound_entities(keys: list[Hashable]) -> list[Hashable]:
+    """``_bound_entity`` over a batch's keys; a length check at C speed when none is long."""
+    try:
+        longest = max(map(len, filter(None, keys)), default=0)  # type: ignore[arg-type]
+    except TypeError:  # ints among them
+        longest = max((len(k) for k in keys if isinstance(k, str | bytes)), default=0)
+    if longest <= _SHORT_KEY_CHARS:
+        return keys
+    return [_bound_entity(k) for k in keys]
 
 
 def _shifted(origin: Callable[[int], Message], start: int) -> Callable[[int], Message]:
@@ -395,8 +419,8 @@ class Pipeline:
         if field_name is not None:
             value = obj.get(field_name)
             if value is not None:
-                return value if type(value) in (str, int) else str(value)
-        return origin(index).key
+                return _bound_entity(value if type(value) in (str, int) else str(value))
+        return _bound_entity(origin(index).key)
 
     def _entities(
         self,
@@ -410,22 +434,24 @@ class Pipeline:
         if self.events.key_field is not None and keys is not None:
             try:
                 "".join(keys)  # all str, the usual case: checked at C speed
-                return keys
+                return _bound_entities(keys)
             except TypeError:
                 pass
             if set(map(type, keys)) <= _PLAIN_KEYS:
-                return keys
+                return _bound_entities(keys)
             valid = decoded.valid.tolist()
-            return [
-                k if type(k) in _PLAIN_KEYS else (origin(i).key if k is None else str(k))
-                for i, k in zip(valid, keys, strict=True)
-            ]
+            return _bound_entities(
+                [
+                    k if type(k) in _PLAIN_KEYS else (origin(i).key if k is None else str(k))
+                    for i, k in zip(valid, keys, strict=True)
+                ]
+            )
         valid = decoded.valid.tolist()
         if self.events.key_field is None:
             if message_keys is not None:
                 kafka = message_keys()
-                return [kafka[i] for i in valid]
-            return [origin(i).key for i in valid]
+                return _bound_entities([kafka[i] for i in valid])
+            return _bound_entities([origin(i).key for i in valid])
         return [self._entity(origin, i, decoded.event(j)) for j, i in enumerate(valid)]
 
     def _build_alerts(

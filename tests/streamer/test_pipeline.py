@@ -150,6 +150,28 @@ def test_long_keys_and_time_strings_are_bounded_in_every_record() -> None:
     assert alert.alerts[0][0] == at_bound.encode()
 
 
+@pytest.mark.parametrize("key_field", ["id", None])
+def test_per_entity_state_keeps_long_keys_as_their_digest(key_field: str | None) -> None:
+    """Windows, the rise gate and the cooldown hold up to 100,000 entities: each long key is held as
+    its digest, and that digest is the alert's key, so one entity stays one entity."""
+    pipeline = make(SquareScorer(window=3), key_field=key_field, alert_gate_z=2, alert_cooldown_s=0)
+    long_id = "é" * 600  # 600 characters, 1,200 bytes
+    kafka_key = long_id.encode() if key_field is None else b"k"
+    batch = [
+        message(i, {"x": 0.1 * (i % 3), "y": 0, "z": 0, "id": long_id}, key=kafka_key)
+        for i in range(50)
+    ]
+    pipeline.process_messages(batch)
+    digest = "sha256:" + hashlib.sha256(long_id.encode()).hexdigest()
+    held = list(pipeline._windows._history) if pipeline._windows else []
+    assert held == ([digest] if key_field else [digest.encode()])
+    result = pipeline.process_messages(
+        [message(50, {"x": 9.0, "y": 9.0, "z": 9.0, "id": long_id}, key=kafka_key)]
+    )
+    assert [k for k, _ in result.alerts] == [digest.encode()]
+    assert list(pipeline._windows._history) == held  # still one entity
+
+
 def test_shrink_drops_the_echo_and_keeps_the_accounting() -> None:
     pipeline = make(alert_gate_z=0, max_original_bytes=4_096)
     result = pipeline.process_messages(
