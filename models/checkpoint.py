@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from models.cuda import Precision
-from models.errors import CheckpointError
+from models.errors import CheckpointError, ModelError
 from models.kinds import KINDS, AnyModel
 from models.scaling import RobustScaler
 from models.scorer import Scorer
@@ -149,19 +149,79 @@ def _atomic_write(path: Path, blob: bytes) -> None:
             os.close(dir_fd)
 
 
+# Far above any model here (a few MB), and read whole into memory: a bound on what a path can make
+# the service allocate.
+MAX_CHECKPOINT_BYTES = 1 << 30
+MAX_NAME_CHARS = 256
+MAX_FEATURES = 4_096
+
+
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Parse the safetensors file -> (tensors on cpu, metadata JSON); any parse error is refused."""
+    """Read the file whole, then parse it -> (tensors on cpu, metadata JSON); any error is refused.
+
+    Reading into memory, rather than letting safetensors map the file, means the loaded model no
+    longer depends on the file: a later write over it in place can neither change nor crash the
+    running model, and the bytes hashed are the bytes used.
+    """
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    except Exception as e:  # safetensors raises its own error types, OSError and others
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_CHECKPOINT_BYTES:
+                raise CheckpointError(f"{path}: {size} bytes, over {MAX_CHECKPOINT_BYTES}")
+            data = f.read(MAX_CHECKPOINT_BYTES + 1)
+        if len(data) > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"{path}: over {MAX_CHECKPOINT_BYTES} bytes")
+        # the safetensors layout: u64 little-endian header length, then the JSON header
+        n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+        if not 0 < n <= len(data) - 8:
+            raise CheckpointError(f"{path}: not a safetensors file (header length {n})")
+        header = json.loads(data[8 : 8 + n])
+        tensors = safetensors_load(data)
+    except CheckpointError:
+        raise
+    except Exception as e:  # OSError, safetensors' own errors, JSON, recursion on nested JSON
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from e
-    if METADATA_KEY not in header:
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or not isinstance(metadata.get(METADATA_KEY), str):
         raise CheckpointError(
             f"{path}: no {METADATA_KEY!r} metadata; not an ae-streamer checkpoint"
         )
-    return tensors, header[METADATA_KEY]
+    return tensors, metadata[METADATA_KEY]
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> None:
+    """Types and bounds of what the metadata names, before anything is built from it."""
+    kind, features, name = meta["kind"], meta["features"], meta["name"]
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise CheckpointError(f"{path}: unknown model kind {kind!r}; known: {sorted(KINDS)}")
+    if (
+        not isinstance(features, list)
+        or not 0 < len(features) <= MAX_FEATURES
+        or not all(isinstance(f, str) and 0 < len(f) <= MAX_NAME_CHARS for f in features)
+        or len(set(features)) != len(features)
+    ):
+        raise CheckpointError(
+            f"{path}: features must be 1 to {MAX_FEATURES} distinct names of 1 to "
+            f"{MAX_NAME_CHARS} characters"
+        )
+    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS:
+        raise CheckpointError(f"{path}: name must be a string of at most {MAX_NAME_CHARS}")
+    if not isinstance(meta["model_config"], dict):
+        raise CheckpointError(f"{path}: model_config must be an object")
+
+
+def _check_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """The dtypes the scorer computes in, and training scores a threshold can start from."""
+    for key, t in tensors.items():
+        if (key.startswith(("model.", "scaler.")) or key == "error_scale") and (
+            t.dtype != torch.float32
+        ):
+            raise CheckpointError(f"{path}: tensor {key!r} is {t.dtype}, not float32")
+    scores = tensors.get("train_scores")
+    if scores is None or scores.ndim != 1 or not scores.numel():
+        raise CheckpointError(f"{path}: train_scores must be a non-empty vector")
+    if not scores.dtype.is_floating_point or not bool(torch.isfinite(scores).all()):
+        raise CheckpointError(f"{path}: train_scores must be finite numbers")
 
 
 def load_checkpoint(
@@ -178,29 +238,36 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        return _load(path, device, precision, cuda_graph)
+    except (CheckpointError, ModelError):
+        raise
+    except Exception as e:  # whatever a hostile file provokes is a refusal, never a crash
+        raise CheckpointError(f"{path}: checkpoint refused ({type(e).__name__}: {e})") from e
+
+
+def _load(path: Path, device: str, precision: Precision, cuda_graph: bool) -> Scorer:
     tensors, meta_json = _read(path)
     try:
         meta = json.loads(meta_json)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: metadata is not valid JSON ({e})") from e
-    if not isinstance(meta, dict) or (missing := [k for k in _REQUIRED if k not in meta]):
-        raise CheckpointError(
-            f"{path}: metadata lacks required keys {missing if meta else _REQUIRED}"
-        )
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: metadata is not a JSON object")
+    if missing := [k for k in _REQUIRED if k not in meta]:
+        raise CheckpointError(f"{path}: metadata lacks required keys {missing}")
     if meta["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: format version {meta['format_version']!r} unsupported (expected {FORMAT_VERSION})"
         )
-    if meta["kind"] not in KINDS:
-        raise CheckpointError(
-            f"{path}: unknown model kind {meta['kind']!r}; known: {sorted(KINDS)}"
-        )
+    _check_meta(path, meta)
     digest = tensors_sha256(tensors)
     if digest != meta["tensors_sha256"]:
         raise CheckpointError(
             f"{path}: tensor bytes do not match their recorded sha256 (modified or corrupt)"
         )
 
+    _check_tensors(path, tensors)
     config_cls, model_cls = KINDS[meta["kind"]]
     try:
         cfg_args = dict(meta["model_config"])

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 MIN_WINDOW = 4
+MAX_WINDOW = 4_096
+MAX_DECODER_BASIS = 4_096
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,16 @@ class ConvConfig:
             raise ValueError(f"channels must be non-empty and >= 1, got {self.channels}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
+        # Bounds for metadata read from a file. FrozenConvScorer builds an identity basis of
+        # channels x (the positions the scored step depends on): its side must stay small.
+        if self.window > MAX_WINDOW:
+            raise ValueError(f"window must be <= {MAX_WINDOW}, got {self.window}")
+        reach = max(self.channels) * (1 + len(self.channels) * (self.kernel_size // 2))
+        if len(self.channels) > 8 or reach > MAX_DECODER_BASIS:
+            raise ValueError(
+                f"channels {self.channels} with kernel_size {self.kernel_size} are too large "
+                f"(at most 8 layers, and channels x reach <= {MAX_DECODER_BASIS})"
+            )
 
 
 def conv_stack(sizes: list[int], kernel_size: int, last_act: bool) -> nn.Sequential:

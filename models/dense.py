@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+MAX_LAYERS = 16
+
 
 @dataclass(frozen=True)
 class DenseConfig:
@@ -26,6 +28,10 @@ class DenseConfig:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
+        # a checkpoint's metadata is read from a file: bounds keep a small file from building a huge
+        # or endless model (the tensors must match the shapes, so widths are bounded by the file)
+        if len(self.hidden) > MAX_LAYERS:
+            raise ValueError(f"at most {MAX_LAYERS} hidden layers, got {len(self.hidden)}")
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:

@@ -183,16 +183,27 @@ class Pipeline:
         distribution.
 
         Entity windows hold raw values, so they carry over when features and window length are unchanged.
+        Everything the new model needs is built, and one all-zero input scored, before anything is
+        switched: if any of it fails, the exception leaves the running model and its state as they
+        were.
         """
         same_inputs = (
             scorer.features == self.scorer.features and scorer.window == self.scorer.window
         )
-        self.scorer = scorer
-        self.threshold = self._new_threshold(scorer)
-        self.gate = self._new_gate(scorer)
-        self.decoder = self._new_decoder(scorer)
-        if not same_inputs:
-            self._windows = self._new_windows(scorer)
+        threshold = self._new_threshold(scorer)
+        gate = self._new_gate(scorer)
+        decoder = self._new_decoder(scorer)
+        windows = self._windows if same_inputs else self._new_windows(scorer)
+        shape = (
+            (1, len(scorer.features))
+            if scorer.window <= 1
+            else (1, scorer.window, len(scorer.features))
+        )
+        scores, _ = scorer.score(np.zeros(shape, dtype=np.float32))
+        if len(scores) != 1:
+            raise ValueError(f"the new model gave {len(scores)} scores for one input")
+        self.scorer, self.threshold, self.gate, self.decoder = scorer, threshold, gate, decoder
+        self._windows = windows
 
     def _new_threshold(self, scorer: ScorerLike) -> QuantileThreshold:
         t = self.threshold_settings

@@ -29,7 +29,10 @@ class ModelWatcher(Generic[S]):
     """Looks at ``path`` at most every ``interval_s``; a new, valid checkpoint is returned by ``poll``.
 
     A checkpoint that fails to load is refused and logged once; the running model stays until the file
-    changes again. Checkpoints are written by rename, so a half-written file is never seen.
+    changes again. ``streamer train`` writes by rename, so it never shows a half-written file; a file
+    written in place may be read half-written, and is then refused (its tensors' hash does not match)
+    and read again once it changes. A loaded model is read whole into memory: whatever happens to the
+    file afterwards does not touch it.
     """
 
     def __init__(
@@ -58,14 +61,15 @@ class ModelWatcher(Generic[S]):
         self._seen = sig
         try:
             scorer = self._load(self.path)
-        except ModelError as exc:
-            log.error("model_refused", path=str(self.path), error=str(exc), keeping=self._version)
+        except Exception as exc:  # a checkpoint is refused, never a reason to stop
+            error = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
+            log.error("model_refused", path=str(self.path), error=error, keeping=self._version)
             return None
         version = str(getattr(scorer, "version", ""))
         if version == self._version:
             return None
         log.info(
-            "model_swapped", path=str(self.path), old_version=self._version, new_version=version
+            "model_loaded", path=str(self.path), old_version=self._version, new_version=version
         )
         self._version = version
         return scorer

@@ -492,9 +492,27 @@ class Detector:
         if self.watcher is None:
             return
         scorer = self.watcher.poll()
-        if scorer is not None:
+        if scorer is None:
+            return
+        old = self.pipeline.scorer
+        try:
             self.pipeline.swap_model(scorer)
-            self.stats.model_swaps += 1
+        except Exception as exc:  # the model loaded but cannot run here: keep the running one
+            log.error(
+                "model_refused",
+                path=str(self.watcher.path),
+                error=f"{type(exc).__name__}: {exc}",
+                keeping=old.version,
+            )
+            return
+        if list(scorer.features) != list(old.features):
+            log.warning(
+                "model_features_changed",
+                added=sorted(set(scorer.features) - set(old.features)),
+                removed=sorted(set(old.features) - set(scorer.features)),
+            )
+        self.stats.model_swaps += 1
+        log.info("model_swapped", old_version=old.version, new_version=scorer.version)
 
     def _shutdown(self, failed: bool) -> None:
         """Flush, commit what was processed and acknowledged, close. After a failure, commit nothing new."""

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from models import CheckpointError, TrainResult, load_checkpoint, save_checkpoint
-from models.checkpoint import METADATA_KEY
+from models.checkpoint import METADATA_KEY, tensors_sha256
 
 
 def test_round_trip_gives_identical_scores(
@@ -156,3 +156,80 @@ def test_refuses_edited_metadata(
 def test_unedited_rewrite_still_loads(trained: dict[str, TrainResult], tmp_path: Path) -> None:
     """Guards the test above: only the edit, not the rewriting, makes a checkpoint refused."""
     assert load_checkpoint(rewrite_meta(trained["dense"], tmp_path)).kind == "dense"
+
+
+def rewrite(
+    result: TrainResult,
+    tmp_path: Path,
+    meta_changes: dict[str, object] | None = None,
+    tensor_changes: dict[str, torch.Tensor] | None = None,
+    raw_meta: str | None = None,
+) -> Path:
+    """A checkpoint with edited metadata or tensors, re-hashed, so that only the edit is judged."""
+    with safe_open(str(result.path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta = json.loads(f.metadata()[METADATA_KEY])
+    tensors.update(tensor_changes or {})
+    meta.update(meta_changes or {})
+    meta["tensors_sha256"] = tensors_sha256(tensors)
+    p = tmp_path / "hostile.safetensors"
+    save_file(tensors, str(p), metadata={METADATA_KEY: raw_meta or json.dumps(meta)})
+    return p
+
+
+@pytest.mark.parametrize(
+    ("kind", "meta", "tensors", "match"),
+    [
+        ("dense", {"kind": ["dense"]}, None, "unknown model kind"),
+        ("dense", {"features": ["a", "a", "b", "c", "d", "e"]}, None, "distinct names"),
+        ("dense", {"features": [1, "b", "c", "d", "e", "f"]}, None, "distinct names"),
+        ("dense", {"name": {"x": 1}}, None, "name must be"),
+        ("dense", {"model_config": {"n_features": 6, "hidden": [1] * 100_000}}, None, "hidden"),
+        ("conv", {"model_config": {"n_features": 6, "kernel_size": 257}}, None, "too large"),
+        ("conv", {"model_config": {"n_features": 6, "window": 10**9}}, None, "window"),
+        ("dense", {"scaler": {"method": "median-iqr", "clip": 10**400}}, None, "refused"),
+        ("dense", None, {"train_scores": torch.zeros(3, 2, dtype=torch.float64)}, "vector"),
+        ("dense", None, {"train_scores": torch.tensor([1.0, float("nan")])}, "finite"),
+        ("dense", None, {"scaler.center": torch.zeros(6, dtype=torch.float64)}, "float32"),
+    ],
+)
+def test_refuses_hostile_content_that_hashes_correctly(
+    trained: dict[str, TrainResult],
+    tmp_path: Path,
+    kind: str,
+    meta: dict[str, object] | None,
+    tensors: dict[str, torch.Tensor] | None,
+    match: str,
+) -> None:
+    """Each of these once escaped as TypeError, RecursionError, OverflowError or a huge allocation, or
+    loaded and failed only at the first batch; all are refused with CheckpointError, quickly."""
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(rewrite(trained[kind], tmp_path, meta, tensors))
+
+
+@pytest.mark.parametrize("raw", ['["x"]', "[" * 200_000 + "]" * 200_000, "null"])
+def test_refuses_metadata_that_is_not_an_object(
+    trained: dict[str, TrainResult], tmp_path: Path, raw: str
+) -> None:
+    with pytest.raises(CheckpointError):
+        load_checkpoint(rewrite(trained["dense"], tmp_path, raw_meta=raw))
+
+
+def test_a_loaded_model_does_not_depend_on_its_file(
+    make_data: Callable[..., np.ndarray],
+    make_batch: Callable[[str, np.ndarray], np.ndarray],
+    trained: dict[str, TrainResult],
+    tmp_path: Path,
+) -> None:
+    """Overwriting or truncating the file in place (``cp`` over it) after loading changes nothing."""
+    p = copy_of(trained["dense"], tmp_path)
+    scorer = load_checkpoint(p)
+    x = make_batch("dense", make_data(50, seed=3))
+    before = scorer.score(x)[0].copy()
+    other = trained["vae"].path.read_bytes()
+    with p.open("r+b") as f:  # in place: same inode, as cp does
+        f.write(other)
+    assert np.array_equal(scorer.score(x)[0], before)
+    with p.open("r+b") as f:
+        f.truncate(100)
+    assert np.array_equal(scorer.score(x)[0], before)

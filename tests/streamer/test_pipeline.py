@@ -228,7 +228,7 @@ def test_swap_model_resets_threshold_and_keeps_windows_when_inputs_match() -> No
     pipeline.swap_model(new)
     assert pipeline.scorer is new and pipeline.threshold.get() > 90
     pipeline.process_messages([message(1, {"x": 2.0, "y": 0, "z": 0})])
-    np.testing.assert_array_equal(new.seen[0][0, :, 0], [1.0, 2.0])  # history carried over
+    np.testing.assert_array_equal(new.seen[-1][0, :, 0], [1.0, 2.0])  # history carried over
     alerts = pipeline.process_messages([message(2, {"x": 20.0, "y": 0, "z": 0})]).alerts
     assert Alert.model_validate_json(alerts[0][1]).model.version == "v2"
 
@@ -327,3 +327,18 @@ def test_swap_model_restarts_the_gate_from_the_new_scores() -> None:
     # (mean 50, sd 29) by 0.6 sd only; from the old model's scores it would be a rise of over 100 sd
     result = pipeline.process_messages([message(10, {"x": 150**0.5, "y": 0, "z": 0})])
     assert result.alert_mask.all() and not result.published.any()
+
+
+def test_a_model_that_cannot_score_leaves_the_running_one_in_place() -> None:
+    class Broken(SquareScorer):
+        def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            raise RuntimeError("expected scalar type Float but found Double")
+
+    pipeline = make(alert_gate_z=0)
+    old_scorer, old_threshold, old_decoder = pipeline.scorer, pipeline.threshold, pipeline.decoder
+    with pytest.raises(RuntimeError, match="Double"):
+        pipeline.swap_model(Broken(version="v2"))
+    assert pipeline.scorer is old_scorer and pipeline.threshold is old_threshold
+    assert pipeline.decoder is old_decoder
+    result = pipeline.process_messages([message(0, {"x": 5, "y": 0, "z": 0})])
+    assert len(result.alerts) == 1  # still scoring with the old model
