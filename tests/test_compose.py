@@ -44,6 +44,11 @@ def test_services_and_images(compose: dict) -> None:
         assert services[name]["image"] == "ae-streamer:local"
     assert (ROOT / "Dockerfile").exists()
     assert 'ENTRYPOINT ["streamer"]' in (ROOT / "Dockerfile").read_text()
+    # the build context leaves out the virtualenv (GBs of torch) and the git history
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", "**/__pycache__"} <= set(ignored)
+    torch_pin = re.search(r"TORCH_VERSION=(\S+)", (ROOT / "Dockerfile").read_text())
+    assert torch_pin and f"torch=={torch_pin.group(1)}" in (ROOT / "Makefile").read_text()
 
 
 def test_kafka_is_a_single_kraft_node(compose: dict) -> None:
