@@ -180,6 +180,8 @@ class Detector:
         )
         self._delivery_timeout_s = float(timeout_ms) / 1000
         self._assigned: set[tuple[str, int]] = set()
+        self._assigned_at: float | None = None  # when partitions were last assigned
+        self._session_s = kafka.session_timeout_ms / 1000.0
         self._commit_every_s = kafka.commit_interval_ms / 1000.0
         self._last_commit = float("-inf")
         self._first_input: float | None = None
@@ -214,6 +216,8 @@ class Detector:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update((p.topic, p.partition) for p in partitions)
+        if partitions:
+            self._assigned_at = time.monotonic()
         log.info(
             "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions]
         )
@@ -297,7 +301,7 @@ class Detector:
                         on_batch(self.stats)
                 else:
                     self._maybe_commit()  # what the last batches stored, once the interval is up
-                    if idle_exit_s is not None and time.monotonic() - last_input >= idle_exit_s:
+                    if idle_exit_s is not None and self._idle_s(last_input) >= idle_exit_s:
                         log.info("idle_exit", idle_s=round(time.monotonic() - last_input, 3))
                         break
                 self._maybe_swap_model()
@@ -311,6 +315,19 @@ class Detector:
             finally:
                 gc.unfreeze()
         return self.stats
+
+    def _idle_s(self, last_input: float) -> float:
+        """How long the detector has been idle, for ``idle_exit_s``: since its last input or its last
+        partition assignment, whichever came later (a rebalance is not idleness).
+
+        Before the first assignment the wait is longer by a session timeout and 10 s: a restarted
+        detector's partitions stay with its dead predecessor until the broker expels it, and leaving
+        before they come would leave their last events unread.
+        """
+        now = time.monotonic()
+        if self._assigned_at is None:
+            return now - last_input - self._session_s - 10.0
+        return now - max(last_input, self._assigned_at)
 
     def _process(self, batch: list[KafkaMessage]) -> None:
         t0 = time.perf_counter()

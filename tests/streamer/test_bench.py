@@ -55,7 +55,9 @@ def test_quick_bench_prints_complete_json(capsys: pytest.CaptureFixture[str]) ->
     quarters = [p for p in broker["p99_ms_by_quarter"] if p is not None]
     assert len(broker["p99_ms_by_quarter"]) == 4 and quarters
     assert all(p <= broker["max_ms"] for p in quarters)
-    assert len(broker["broker_cpu_percent_by_quarter"]) == 4
+    assert (
+        len(broker["broker_cpu_percent_by_quarter"]) == len(broker["detect_p99_ms_by_quarter"]) == 4
+    )
     stages = broker["stages_us_per_event"]
     assert {"consume", "decode", "features", "score", "threshold", "alerts", "commit"} <= set(
         stages

@@ -7,6 +7,7 @@ librdkafka reports at delivery, is played here by a fake producer; the producer-
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -189,3 +190,19 @@ def test_a_rejected_client_setting_is_named_without_its_value(secret: str) -> No
     with pytest.raises(ConfigError) as info:
         list(read_topic({"bootstrap.servers": "127.0.0.1:9", **extra}, "t", 1))
     assert "hun" not in str(info.value) and "ter2" not in str(info.value)
+
+
+def test_idleness_counts_from_the_last_assignment_and_waits_for_the_first() -> None:
+    """`--idle-exit` must not leave before a restarted detector gets the partitions its dead
+    predecessor held (the broker frees them after a session timeout), nor during a rebalance."""
+    from confluent_kafka import TopicPartition
+
+    d, _ = detector(limit=10**9)
+    now = time.monotonic()
+    session = d.settings.kafka.session_timeout_ms / 1000
+    # no partitions yet: the wait is a session timeout and 10 s longer
+    assert d._idle_s(now - 30) == pytest.approx(30 - session - 10, abs=0.5)
+    d._on_assign(d.consumer, [TopicPartition("in", 0)])  # type: ignore[arg-type]
+    assert d._idle_s(now - 60) < 1  # counted from the assignment, not from the last input
+    d._on_assign(d.consumer, [])  # an empty incremental assignment changes nothing
+    assert d._idle_s(now - 60) < 1
