@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from streamer.errors import BrokerError, ConfigError
 
+C = TypeVar("C")
 _ALL_BROKERS_DOWN = KafkaError._ALL_BROKERS_DOWN
 
 # librdkafka's 'Invalid value "..." for configuration property "..."': the value may be a secret (and
@@ -20,9 +21,14 @@ _QUOTED_VALUE = re.compile(
 )
 
 
-def redact_config_error(text: str) -> str:
-    """librdkafka's message for a rejected setting, without the rejected value."""
-    return _QUOTED_VALUE.sub(r'\1"***"', text)
+def client(cls: Callable[[dict[str, Any]], C], config: dict[str, Any]) -> C:
+    """A librdkafka client (Consumer, Producer); a rejected setting is a ConfigError that names the
+    property without its value (``kafka.extra`` values are secrets, and librdkafka quotes them)."""
+    try:
+        return cls(config)
+    except KafkaException as exc:
+        reason = _QUOTED_VALUE.sub(r'\1"***"', exc.args[0].str())
+        raise ConfigError(f"Kafka client configuration rejected: {reason}") from None
 
 
 # Errors that waiting will not mend: reading stops with them rather than returning too little.
@@ -49,19 +55,16 @@ def read_topic(
     Values over ``max_message_bytes`` are yielded as None (the caller counts them as unusable)."""
     client_errors: list[KafkaError] = []  # authentication, TLS, transport: not from consume()
     read_errors: list[KafkaError] = []  # from consume(): the topic's partitions
-    try:
-        consumer = Consumer(
-            {
-                **client_config,
-                "group.id": "ae-streamer-reader",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-                "error_cb": client_errors.append,
-            }
-        )
-    except KafkaException as exc:
-        reason = redact_config_error(exc.args[0].str())
-        raise ConfigError(f"Kafka client configuration rejected: {reason}") from None
+    consumer = client(
+        Consumer,
+        {
+            **client_config,
+            "group.id": "ae-streamer-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "error_cb": client_errors.append,
+        },
+    )
     try:
         try:
             meta = consumer.list_topics(topic, timeout=10)

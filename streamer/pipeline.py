@@ -491,14 +491,11 @@ class Pipeline:
         out: list[tuple[bytes | None, bytes]] = []
         for a, alerting in enumerate(published):
             j, msg, obj, entity = alerting.row, alerting.message, alerting.event, alerting.entity
+            # the entity is bounded already (_entity): a long key is its digest
             if isinstance(entity, bytes):
                 key_str = decode_key(entity)
-            elif entity is None:
-                key_str = None
             else:
-                key_str = str(entity)
-                if len(key_str) > MAX_KEY_BYTES // 4:  # may be over MAX_KEY_BYTES as UTF-8
-                    key_str = decode_key(key_str.encode("utf-8", "surrogatepass"))
+                key_str = None if entity is None else str(entity)
             contributions = [
                 FeatureContribution.model_construct(
                     feature=features[f],

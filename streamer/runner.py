@@ -41,8 +41,8 @@ from confluent_kafka import Message as KafkaMessage
 from streamer.alerts import bound_key, shrink
 from streamer.batching import MicroBatcher
 from streamer.config import Settings
-from streamer.errors import ConfigError, DeliveryError
-from streamer.kafka_io import redact_config_error
+from streamer.errors import DeliveryError
+from streamer.kafka_io import client
 from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
 from streamer.reload import ModelWatcher
 
@@ -159,20 +159,14 @@ class Detector:
         ] = []  # refused by a topic's size limit
         self._resending = False
         kafka = settings.kafka
-        try:
-            self.consumer = Consumer(
-                {
-                    **kafka.consumer_config(),
-                    **(consumer_overrides or {}),
-                    "on_commit": self._on_commit,
-                }
-            )
-            producer_config = kafka.producer_config()
-            self.producer = Producer(producer_config)
-        except KafkaException as exc:
-            # librdkafka quotes a rejected value, and `extra` values are secrets: name the property only
-            reason = redact_config_error(exc.args[0].str())
-            raise ConfigError(f"Kafka client configuration rejected: {reason}") from None
+        consumer_config = {
+            **kafka.consumer_config(),
+            **(consumer_overrides or {}),
+            "on_commit": self._on_commit,
+        }
+        self.consumer = client(Consumer, consumer_config)
+        producer_config = kafka.producer_config()
+        self.producer = client(Producer, producer_config)
         # librdkafka settles every record (acknowledged or failed) within message.timeout.ms (alias
         # delivery.timeout.ms)
         timeout_ms = producer_config.get("delivery.timeout.ms") or producer_config.get(
