@@ -240,7 +240,7 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         return _load(path, device, precision, cuda_graph)
-    except (CheckpointError, ModelError):
+    except ModelError:  # CheckpointError included: refused with its own reason
         raise
     except Exception as e:  # whatever a hostile file provokes is a refusal, never a crash
         raise CheckpointError(f"{path}: checkpoint refused ({type(e).__name__}: {e})") from e
