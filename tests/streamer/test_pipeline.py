@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamer.alerts import MAX_ECHO_CHARS, MAX_KEY_BYTES, Alert, DeadLetter, shrink
 from streamer.config import EventSettings, ThresholdSettings
@@ -342,3 +344,62 @@ def test_a_model_that_cannot_score_leaves_the_running_one_in_place() -> None:
     assert pipeline.decoder is old_decoder
     result = pipeline.process_messages([message(0, {"x": 5, "y": 0, "z": 0})])
     assert len(result.alerts) == 1  # still scoring with the old model
+
+
+_any_json = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=8),
+        st.just("é" * 700),  # a key over MAX_KEY_BYTES in UTF-8
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_event = st.fixed_dictionaries(
+    {"x": st.floats(-1e3, 1e3), "y": st.floats(-5, 5), "z": st.integers(-3, 3)},
+    optional={"id": _any_json, "ts": _any_json},
+)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(_event, st.binary(max_size=30)),
+            st.one_of(st.none(), st.binary(max_size=8), st.just(b"\x00" * 2_000)),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from([0.0, 300.0]),
+)
+def test_any_input_is_scored_or_dead_lettered_and_every_record_is_valid(
+    items: list[tuple[object, bytes | None]], cooldown: float
+) -> None:
+    """Any key and time values (nested, huge, of any type), any Kafka key, any bytes: the pipeline
+    with entity windows, the rise gate and the cooldown never raises, accounts for every message,
+    and every record it builds validates against its schema and stays small."""
+    pipeline = make(
+        SquareScorer(window=3),
+        key_field="id",
+        time_field="ts",
+        alert_gate_z=1.0,
+        alert_cooldown_s=cooldown,
+    )
+    batch = [
+        message(i, payload, key=key, raw=payload if isinstance(payload, bytes) else None)
+        for i, (payload, key) in enumerate(items)
+    ]
+    result = pipeline.process_messages(batch)
+    assert sorted(result.valid.tolist() + result.dead_index) == list(range(len(batch)))
+    for key, value in result.alerts:
+        alert = Alert.model_validate_json(value)
+        assert key == (None if alert.key is None else alert.key.encode())
+        assert len(value) < 20_000 and (key is None or len(key) <= MAX_KEY_BYTES)
+    for key, value in result.dead_letters:
+        DeadLetter.model_validate_json(value)
+        assert len(value) < 20_000 and (key is None or len(key) <= MAX_KEY_BYTES)
