@@ -348,7 +348,7 @@ class Pipeline:
         row's entity, worked out once for the windows and the gate (None when neither needs it)."""
         if not self._needs_entities or not len(decoded.x):
             return decoded.x, None
-        entities = self._entities(origin, decoded, message_keys)
+        entities = _bound_entities(self._entities(origin, decoded, message_keys))
         if self._windows is None:
             return decoded.x, entities
         return self._windows.windows(decoded.x, entities), entities
@@ -439,30 +439,29 @@ class Pipeline:
         decoded: DecodedBatch,
         message_keys: Callable[[], Sequence[bytes | None]] | None = None,
     ) -> list[Hashable]:
-        """Every row's entity, as ``_entity`` defines it, without parsing any event: from the key
-        field's values (at C speed when all are str or int) or from the messages' Kafka keys."""
+        """Every row's entity, as ``_entity`` defines it (but not yet bounded: the caller bounds the
+        batch's keys at once), without parsing any event: from the key field's values (at C speed
+        when all are str or int) or from the messages' Kafka keys."""
         keys = decoded.keys
         if self.events.key_field is not None and keys is not None:
             try:
                 "".join(keys)  # all str, the usual case: checked at C speed
-                return _bound_entities(keys)
+                return keys
             except TypeError:
                 pass
             if set(map(type, keys)) <= _PLAIN_KEYS:
-                return _bound_entities(keys)
+                return keys
             valid = decoded.valid.tolist()
-            return _bound_entities(
-                [
-                    k if type(k) in _PLAIN_KEYS else (origin(i).key if k is None else str(k))
-                    for i, k in zip(valid, keys, strict=True)
-                ]
-            )
+            return [
+                k if type(k) in _PLAIN_KEYS else (origin(i).key if k is None else str(k))
+                for i, k in zip(valid, keys, strict=True)
+            ]
         valid = decoded.valid.tolist()
         if self.events.key_field is None:
             if message_keys is not None:
                 kafka = message_keys()
-                return _bound_entities([kafka[i] for i in valid])
-            return _bound_entities([origin(i).key for i in valid])
+                return [kafka[i] for i in valid]
+            return [origin(i).key for i in valid]
         return [self._entity(origin, i, decoded.event(j)) for j, i in enumerate(valid)]
 
     def _build_alerts(

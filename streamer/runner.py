@@ -154,10 +154,8 @@ class Detector:
         self.stats = RunStats()
         self._stop = threading.Event()
         self._delivery_errors: list[str] = []
-        self._too_large: list[
-            tuple[str, bytes | None, bytes]
-        ] = []  # refused by a topic's size limit
-        self._resending = False
+        # records a topic refused as too large, sent again by _resend_smaller
+        self._too_large: list[tuple[str, bytes | None, bytes]] = []
         kafka = settings.kafka
         consumer_config = {
             **kafka.consumer_config(),
@@ -175,7 +173,6 @@ class Detector:
         self._delivery_timeout_s = float(timeout_ms) / 1000
         self._assigned: set[tuple[str, int]] = set()
         self._assigned_at: float | None = None  # when partitions were last assigned
-        self._session_s = kafka.session_timeout_ms / 1000.0
         self._commit_every_s = kafka.commit_interval_ms / 1000.0
         self._last_commit = float("-inf")
         self._first_input: float | None = None
@@ -202,8 +199,7 @@ class Detector:
     def _on_delivery(self, err: KafkaError | None, msg: KafkaMessage) -> None:
         if err is None:
             return
-        if err.code() in _TOO_LARGE and not self._resending:
-            # the topic's size limit is below the producer's: send the record again without its echo
+        if err.code() in _TOO_LARGE:
             self._too_large.append((cast(str, msg.topic()), msg.key(), msg.value() or b""))
             return
         self._delivery_errors.append(f"{msg.topic()}: {err}")
@@ -320,7 +316,7 @@ class Detector:
         """
         now = time.monotonic()
         if self._assigned_at is None:
-            return now - last_input - self._session_s - 10.0
+            return now - last_input - self.settings.kafka.session_timeout_ms / 1000.0 - 10.0
         return now - max(last_input, self._assigned_at)
 
     def _process(self, batch: list[KafkaMessage]) -> None:
@@ -451,22 +447,23 @@ class Detector:
         """
         refused, self._too_large = self._too_large, []
         for topic, key, value in refused:
-            self._produce(topic, key, value)
-            self._flush()
-            if not self._too_large:
+            if not self._refused_alone(topic, key, value):
                 continue
-            self._too_large.clear()
             smaller = shrink(value)
-            if smaller is None:
-                self._delivery_errors.append(f"{topic}: record too large ({len(value)} bytes)")
-                continue
-            log.warning("record_too_large", topic=topic, bytes=len(value), sent=len(smaller))
-            self._resending = True
-            try:
-                self._produce(topic, key, smaller)
-                self._flush()
-            finally:
-                self._resending = False
+            if smaller is not None:
+                log.warning("record_too_large", topic=topic, bytes=len(value), sent=len(smaller))
+            if smaller is None or self._refused_alone(topic, key, smaller):
+                self._delivery_errors.append(
+                    f"{topic}: record too large ({len(smaller or value)} bytes)"
+                )
+
+    def _refused_alone(self, topic: str, key: bytes | None, value: bytes) -> bool:
+        """Produce one record and wait for it: whether the topic refused it as too large."""
+        self._produce(topic, key, value)
+        self._flush()
+        refused = bool(self._too_large)
+        self._too_large.clear()
+        return refused
 
     def _maybe_commit(self) -> None:
         """Commit the stored offsets asynchronously if ``commit_interval_ms`` has passed since the last."""

@@ -129,6 +129,14 @@ class Kit:
             *extra,
         ]  # fmt: skip
 
+    def run_to_end(
+        self, args: list[str], timeout: float = 180, **settings: str
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run `streamer run` (``args`` from ``run_args``) until it exits by itself; it must exit 0."""
+        proc = subprocess.run(args, env=self.env(**settings), capture_output=True, timeout=timeout)
+        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+        return proc
+
     @staticmethod
     def env(**settings: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
