@@ -48,6 +48,24 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def overfit_losses() -> Callable[[torch.nn.Module, torch.Tensor], list[float]]:
+    """The mean squared reconstruction loss of ``model`` on one batch ``x`` over 300 Adam steps."""
+
+    def losses(model: torch.nn.Module, x: torch.Tensor) -> list[float]:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        out = []
+        for _ in range(300):
+            loss = ((model(x) - x) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        return out
+
+    return losses
+
+
+@pytest.fixture
 def make_data() -> Callable[..., np.ndarray]:
     return correlated
 

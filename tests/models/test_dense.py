@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -32,17 +34,10 @@ def test_same_seed_same_weights() -> None:
     assert not same_weights(make(0), make(1))
 
 
-def test_overfits_one_batch() -> None:
-    m = make()
-    x = torch.randn(16, 7, generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(300):
-        loss = ((m(x) - x) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+def test_overfits_one_batch(
+    overfit_losses: Callable[[torch.nn.Module, torch.Tensor], list[float]],
+) -> None:
+    losses = overfit_losses(make(), torch.randn(16, 7, generator=torch.Generator().manual_seed(0)))
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
 
 
