@@ -62,7 +62,8 @@ class Alert(_Record):
         description="'topic:partition:offset' of the event; stable across redelivery"
     )
     key: str | None = Field(
-        description="entity key (key field, else the Kafka key), also the Kafka key; a key over "
+        description="entity key (key field, else the Kafka key), also the Kafka key; a Kafka key "
+        "that is not UTF-8 is given here as 'base64:' and its base64; a key over "
         f"{MAX_KEY_BYTES} bytes is given as 'sha256:' and the hex digest of its UTF-8 bytes"
     )
     event_time: str | float | int | None = Field(
@@ -97,8 +98,8 @@ class DeadLetter(_Record):
     reason: str
     source: Source
     key: str | None = Field(
-        description="the Kafka key, decoded as UTF-8 with replacement; a key over "
-        f"{MAX_KEY_BYTES} bytes is given as 'sha256:' and the hex digest of its bytes"
+        description="the Kafka key as UTF-8 text, or 'base64:' and its base64 where it is not "
+        f"UTF-8; a key over {MAX_KEY_BYTES} bytes is given as 'sha256:' and the hex digest of its bytes"
     )
     original_b64: str = Field(
         description="base64 of the original bytes, at most the configured bound (none when the "
@@ -116,9 +117,16 @@ def bound_key(key: bytes | None) -> bytes | None:
     return b"sha256:" + hashlib.sha256(key).hexdigest().encode("ascii")
 
 
-def decode_key(key: bytes | None) -> str | None:
+def key_text(key: bytes | None) -> str | None:
+    """The key (bounded as ``bound_key`` bounds it) as text that tells any two keys apart: its UTF-8
+    text, or ``base64:`` and its base64 where it is not UTF-8."""
     key = bound_key(key)
-    return None if key is None else key.decode("utf-8", errors="replace")
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(key).decode("ascii")
 
 
 def shrink(value: bytes) -> bytes | None:
@@ -157,7 +165,7 @@ def dead_letter(
     record = DeadLetter(
         reason=reason,
         source=source,
-        key=decode_key(key),
+        key=key_text(key),
         original_b64=base64.b64encode(kept).decode("ascii"),
         original_size=len(value),
         truncated=len(kept) < len(value),

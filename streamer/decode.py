@@ -14,6 +14,7 @@ for, by ``DecodedBatch.event``, from the message's bytes: alerts are few, events
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ class DecodedBatch:
     keys: list[Any] | None = None  # (V,) with a key field
     objects: list[dict[str, Any]] | None = None  # (V,) parsed events, where a slow path made them
     features: tuple[str, ...] = ()  # the feature names, for an event no JSON reader can rebuild
+    key_field: str | None = None  # the field ``keys`` holds, kept in such an event
 
     def event(self, i: int) -> dict[str, Any]:
         """Row ``i``'s parsed event (a JSON object), parsed now from its bytes if not parsed before."""
@@ -53,14 +55,15 @@ class DecodedBatch:
         try:
             obj = orjson.loads(self.raw[i])
         except orjson.JSONDecodeError:
-            # The typed decoder skips fields it does not need more leniently than orjson reads them
-            # (a number beyond float64, as Python's json reads it, or nesting deeper than orjson's limit).
-            try:
-                obj = json.loads(self.raw[i])
-            except (ValueError, RecursionError):
-                obj = None
-        if type(obj) is not dict:
-            obj = dict(zip(self.features, self.x[i].tolist(), strict=True))
+            obj = _lenient_loads(self.raw[i])
+        return obj if type(obj) is dict else self.fallback_event(i)
+
+    def fallback_event(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as far as the typed decoder read it, for an event that no JSON reader rebuilds
+        (nesting deeper than Python's recursion allows): its features and its key field."""
+        obj: dict[str, Any] = dict(zip(self.features, self.x[i].tolist(), strict=True))
+        if self.key_field is not None and self.keys is not None:
+            obj[self.key_field] = self.keys[i]
         return obj
 
     def take(self, rows: np.ndarray) -> DecodedBatch:
@@ -74,6 +77,7 @@ class DecodedBatch:
             keys=None if self.keys is None else [self.keys[j] for j in idx],
             objects=None if self.objects is None else [self.objects[j] for j in idx],
             features=self.features,
+            key_field=self.key_field,
         )
 
 
@@ -104,6 +108,10 @@ class Decoder:
             rename["key"] = key_field
         event_type = msgspec.defstruct("Event", spec, rename=rename, gc=False)
         self._typed = msgspec.json.Decoder(event_type)
+        # The features alone, for a message whose key field the typed decoder refuses (a number
+        # beyond float64, say): whether a message is scored does not depend on the key field.
+        features_type = msgspec.defstruct("Features", spec[: len(attrs)], rename=rename, gc=False)
+        self._typed_features = msgspec.json.Decoder(features_type)
         if len(spec) == len(attrs):
             self._typed_row: Any = msgspec.structs.astuple
         elif len(attrs) > 1:
@@ -152,7 +160,8 @@ class Decoder:
             # so the slow path, rejects invalid UTF-8 anywhere. Every message here is a whole JSON
             # object, starting and ending in ASCII, so checking them joined checks each one.
             b"".join(present).decode("utf-8")
-        except (TypeError, msgspec.DecodeError, UnicodeDecodeError):  # ValidationError: a DecodeError
+        except (TypeError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            # (ValidationError is a DecodeError; RecursionError: nesting deeper than msgspec reads)
             return None
         rows: list[tuple[Any, ...]] = list(map(self._typed_row, events))
         keys = None if self._typed_key is None else list(map(self._typed_key, events))
@@ -161,7 +170,13 @@ class Decoder:
         ok = np.isfinite(x).all(axis=1)
         valid = np.arange(len(rows), dtype=np.int64)
         batch = DecodedBatch(
-            x=x, valid=valid, raw=list(present), rejected=[], keys=keys, features=self.features
+            x=x,
+            valid=valid,
+            raw=list(present),
+            rejected=[],
+            keys=keys,
+            features=self.features,
+            key_field=self.key_field,
         )
         if ok.all():
             return batch
@@ -191,7 +206,17 @@ class Decoder:
             try:
                 obj = loads(value)
             except orjson.JSONDecodeError as exc:
-                rejected.append((i, _json_reason(exc)))
+                typed = self._typed_one(value)
+                if typed is None:
+                    rejected.append((i, _json_reason(exc)))
+                    continue
+                # What the fast path accepts is accepted here too, whatever the batch around it:
+                # msgspec skips the fields it does not need more leniently than orjson reads them.
+                obj, row = typed
+                rows.append(row)
+                valid.append(i)
+                raw.append(value)
+                objects.append(obj)
                 continue
             if type(obj) is not dict:
                 rejected.append((i, f"not a JSON object but a JSON {_json_type(obj)}"))
@@ -212,6 +237,8 @@ class Decoder:
             rejected=rejected,
             keys=self._keys(objects),
             objects=objects,
+            features=self.features,
+            key_field=self.key_field,
         )
         if not ok.all():
             for j in np.flatnonzero(~ok).tolist():
@@ -219,6 +246,22 @@ class Decoder:
             batch = batch.take(np.flatnonzero(ok))
         rejected.sort()
         return batch
+
+    def _typed_one(self, value: bytes) -> tuple[dict[str, Any], tuple[Any, ...]] | None:
+        """A message orjson refused, read for its features as the fast path reads them: its event and
+        row, or None if the fast path refuses it too (as it does anything that is not valid UTF-8)."""
+        try:
+            row = msgspec.structs.astuple(self._typed_features.decode(value))
+            value.decode("utf-8")
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return None
+        obj = _lenient_loads(value)
+        if type(obj) is not dict:
+            obj = dict(zip(self.features, row, strict=True))
+            if self._typed_key is not None:
+                with contextlib.suppress(msgspec.DecodeError, RecursionError):
+                    obj[cast(str, self.key_field)] = self._typed_key(self._typed.decode(value))
+        return obj, row
 
     def _to_matrix(self, rows: list[tuple[Any, ...]]) -> tuple[np.ndarray, np.ndarray]:
         """Rows to a float32 matrix and a per-row validity mask (numeric and finite in float32)."""
@@ -267,7 +310,23 @@ def concat(parts: Sequence[tuple[int, DecodedBatch]]) -> DecodedBatch:
         keys=[k for p in batches for k in p.keys or ()] if keyed else None,
         objects=[o for p in batches for o in p.objects or ()] if parsed else None,
         features=next((p.features for p in batches if p.features), ()),
+        key_field=next((p.key_field for p in batches if p.key_field), None),
     )
+
+
+def _parse_int(text: str) -> int | float:
+    """An integer as Python's json reads it, or, past its 4,300-digit limit, as a float (inf)."""
+    return int(text) if len(text) <= 4_300 else float(text)
+
+
+def _lenient_loads(raw: bytes) -> Any:
+    """The event as Python's json reads it, for what the typed decoder accepts and orjson does not: a
+    number beyond float64 (inf), an integer of any length, nesting deeper than orjson's limit. None
+    where it cannot (nesting deeper than Python's recursion allows)."""
+    try:
+        return json.loads(raw, parse_int=_parse_int)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _json_reason(exc: orjson.JSONDecodeError) -> str:

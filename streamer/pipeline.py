@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic_core import PydanticSerializationError
 
 from streamer.alerts import (
     MAX_ECHO_CHARS,
@@ -25,7 +26,7 @@ from streamer.alerts import (
     Source,
     bound_key,
     dead_letter,
-    decode_key,
+    key_text,
     to_json,
 )
 from streamer.config import EventSettings, ThresholdSettings
@@ -116,8 +117,40 @@ def _bound_entity(key: Hashable) -> Hashable:
     if isinstance(key, bytes):
         return bound_key(key)
     if isinstance(key, str) and len(key) > _SHORT_KEY_CHARS:
-        return decode_key(key.encode("utf-8", "surrogatepass"))
+        return key_text(key.encode("utf-8", "surrogatepass"))
     return key
+
+
+def _needs_entities(scorer: ScorerLike, gate: AlertGate | None) -> bool:
+    return scorer.window > 1 or gate is not None
+
+
+def _text(value: Any) -> str:
+    """``str(value)`` of a JSON value; one nested too deep for ``str`` is named by its type alone."""
+    try:
+        return str(value)
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deeply>"
+
+
+def _alert_key(entity: Hashable) -> tuple[str | None, bytes | None]:
+    """An alert's ``key`` and its Kafka key, from its (bounded) entity: the Kafka key is the entity's
+    bytes, the text tells any two entities apart (``key_text``)."""
+    if entity is None:
+        return None, None
+    if isinstance(entity, bytes):
+        return key_text(entity), entity
+    text = entity if isinstance(entity, str) else str(entity)
+    try:
+        return text, text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, as Python's json reads "\ud800"
+        raw = text.encode("utf-8", "surrogatepass")
+        return key_text(raw), raw
+
+
+def _utf8(text: str) -> str:
+    """``text`` with any lone surrogate replaced, so that it can be written as UTF-8."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _bound_entities(keys: list[Hashable]) -> list[Hashable]:
@@ -175,7 +208,7 @@ class Pipeline:
         self.threshold = self._new_threshold(scorer)
         self.cooldown = AlertCooldown(events.alert_cooldown_s, events.alert_escalation)
         self.gate = self._new_gate(scorer)
-        self.decoder = self._new_decoder(scorer)
+        self.decoder = self._new_decoder(scorer, self.gate)
         self._windows = self._new_windows(scorer)
 
     def swap_model(self, scorer: ScorerLike) -> None:
@@ -192,7 +225,7 @@ class Pipeline:
         )
         threshold = self._new_threshold(scorer)
         gate = self._new_gate(scorer)
-        decoder = self._new_decoder(scorer)
+        decoder = self._new_decoder(scorer, gate)
         windows = self._windows if same_inputs else self._new_windows(scorer)
         shape = (
             (1, len(scorer.features))
@@ -226,11 +259,11 @@ class Pipeline:
     @property
     def _needs_entities(self) -> bool:
         """Whether every row's entity is needed on the hot path: for windows and for the gate."""
-        return self.scorer.window > 1 or self.gate is not None
+        return _needs_entities(self.scorer, self.gate)
 
-    def _new_decoder(self, scorer: ScorerLike) -> Decoder:
+    def _new_decoder(self, scorer: ScorerLike, gate: AlertGate | None) -> Decoder:
         """Each event's key field is decoded only when every row's entity is needed."""
-        key = self.events.key_field if self._needs_entities else None
+        key = self.events.key_field if _needs_entities(scorer, gate) else None
         return Decoder(scorer.features, self.events.max_message_bytes, key_field=key)
 
     @staticmethod
@@ -430,7 +463,7 @@ class Pipeline:
         if field_name is not None:
             value = obj.get(field_name)
             if value is not None:
-                return _bound_entity(value if type(value) in (str, int) else str(value))
+                return _bound_entity(value if type(value) in (str, int) else _text(value))
         return _bound_entity(origin(index).key)
 
     def _entities(
@@ -453,7 +486,7 @@ class Pipeline:
                 return keys
             valid = decoded.valid.tolist()
             return [
-                k if type(k) in _PLAIN_KEYS else (origin(i).key if k is None else str(k))
+                k if type(k) in _PLAIN_KEYS else (origin(i).key if k is None else _text(k))
                 for i, k in zip(valid, keys, strict=True)
             ]
         valid = decoded.valid.tolist()
@@ -491,10 +524,7 @@ class Pipeline:
         for a, alerting in enumerate(published):
             j, msg, obj, entity = alerting.row, alerting.message, alerting.event, alerting.entity
             # the entity is bounded already (_entity): a long key is its digest
-            if isinstance(entity, bytes):
-                key_str = decode_key(entity)
-            else:
-                key_str = None if entity is None else str(entity)
+            key_str, kafka_key = _alert_key(entity)
             contributions = [
                 FeatureContribution.model_construct(
                     feature=features[f],
@@ -528,7 +558,18 @@ class Pipeline:
                 if small
                 else raw[: events.max_original_bytes].decode("utf-8", "replace"),
             )
-            out.append((key_str.encode() if key_str is not None else None, to_json(alert)))
+            try:
+                record = to_json(alert)
+            except (PydanticSerializationError, RecursionError):
+                # An echo nested deeper than the serializer goes: the alert goes out without it.
+                # (Or a string with a lone surrogate, as Python's json reads "\ud800", which no
+                # UTF-8 writer takes: the time field is then given with it replaced.)
+                text = raw[: events.max_original_bytes].decode("utf-8", "replace")
+                update: dict[str, Any] = {"event": None, "event_truncated": text}
+                if isinstance(alert.event_time, str):
+                    update["event_time"] = _utf8(alert.event_time)
+                record = to_json(alert.model_copy(update=update))
+            out.append((kafka_key, record))
         return out
 
     def _event_time(self, obj: dict[str, Any]) -> str | float | int | None:
@@ -537,7 +578,7 @@ class Pipeline:
         value = obj.get(self.events.time_field)
         if value is None or isinstance(value, int | float):
             return value
-        return (value if isinstance(value, str) else str(value))[:MAX_ECHO_CHARS]
+        return (value if isinstance(value, str) else _text(value))[:MAX_ECHO_CHARS]
 
     def _build_dead_letters(
         self, origin: Callable[[int], Message], rejected: list[tuple[int, str]]

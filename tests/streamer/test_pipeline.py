@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from datetime import UTC, datetime
 
@@ -346,6 +347,16 @@ def test_a_model_that_cannot_score_leaves_the_running_one_in_place() -> None:
     assert len(result.alerts) == 1  # still scoring with the old model
 
 
+def _as_text(key: bytes | None) -> str | None:
+    """The documented text form of a Kafka key: UTF-8, else ``base64:`` and its base64."""
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(key).decode("ascii")
+
+
 _any_json = st.recursive(
     st.one_of(
         st.none(),
@@ -398,8 +409,78 @@ def test_any_input_is_scored_or_dead_lettered_and_every_record_is_valid(
     assert sorted(result.valid.tolist() + result.dead_index) == list(range(len(batch)))
     for key, value in result.alerts:
         alert = Alert.model_validate_json(value)
-        assert key == (None if alert.key is None else alert.key.encode())
+        assert alert.key == _as_text(key)
         assert len(value) < 20_000 and (key is None or len(key) <= MAX_KEY_BYTES)
     for key, value in result.dead_letters:
         DeadLetter.model_validate_json(value)
         assert len(value) < 20_000 and (key is None or len(key) <= MAX_KEY_BYTES)
+
+
+def test_kafka_keys_that_are_not_utf8_stay_distinct_entities_in_alerts() -> None:
+    """Two entities whose Kafka keys differ only in bytes that are not UTF-8 get two alert keys: the
+    alert's Kafka key is the input's key, its text the key's base64 (a lossy decode gave both
+    '\\ufffd\\x00\\x01')."""
+    keys = [b"\xff\x00\x01", b"\xfe\x00\x01"]
+    batch = [message(i, {"x": 50.0, "y": 0, "z": 0}, key=k) for i, k in enumerate(keys)]
+    batch.append(message(2, {}, key=keys[0], raw=b"{oops"))
+    result = make().process_messages(batch)
+    assert [k for k, _ in result.alerts] == keys
+    texts = [Alert.model_validate_json(v).key for _, v in result.alerts]
+    assert texts == ["base64:/wAB", "base64:/gAB"]
+    assert DeadLetter.model_validate_json(result.dead_letters[0][1]).key == "base64:/wAB"
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def test_an_alerting_event_nested_deeper_than_the_writer_goes_is_published_without_its_echo() -> (
+    None
+):
+    """A 546-byte event with a field nested 260 deep, which alerts: the alert used to raise
+    PydanticSerializationError (maximum depth) out of the pipeline, on every restart."""
+    raw = b'{"x":100,"y":1,"z":1,"id":"s1","ts":"t1","n":' + _nested(260) + b"}"
+    result = make(key_field="id", time_field="ts").process_messages([message(0, {}, raw=raw)])
+    assert result.valid.tolist() == [0] and len(result.alerts) == 1
+    alert = Alert.model_validate_json(result.alerts[0][1])
+    assert (alert.key, alert.event_time, alert.event) == ("s1", "t1", None)
+    assert alert.event_truncated == raw.decode()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b'"other":1e400',  # beyond float64 in a field the model does not read
+        b'"other":' + b"9" * 4_400,  # past Python's 4,300-digit integer limit
+        b'"other":' + _nested(1_000),  # deeper than msgspec reads (RecursionError)
+        b'"id":1e400',  # the key field itself beyond float64
+    ],
+    ids=["inf", "long-int", "deep", "inf-key"],
+)
+@pytest.mark.parametrize("gate", [0.0, 2.0])
+def test_whether_an_event_is_scored_does_not_depend_on_its_neighbours_or_the_gate(
+    extra: bytes, gate: float
+) -> None:
+    """The fast path reads only the fields it needs; the message-by-message path, which a malformed
+    neighbour sends the batch down, used to refuse (or raise on) what the fast path had scored."""
+    raw = b'{"x":30,"y":1,"z":1,"ts":"t1",' + extra + b"}"
+    if not extra.startswith(b'"id"'):
+        raw = raw[:-1] + b',"id":"s1"}'
+    for neighbour in (b'{"x":0.1,"y":0.1,"z":0.1}', b"{oops"):
+        pipeline = make(key_field="id", time_field="ts", alert_gate_z=gate)
+        result = pipeline.process_messages([message(0, {}, raw=raw), message(1, {}, raw=neighbour)])
+        assert 0 in result.valid.tolist(), neighbour
+        assert 0 not in result.dead_index
+        alert = Alert.model_validate_json(result.alerts[0][1])
+        assert alert.event_time == "t1"
+        assert alert.key == ("inf" if extra.startswith(b'"id"') else "s1")
+
+
+def test_swap_to_a_windowed_model_decodes_the_key_field_as_a_fresh_pipeline_does() -> None:
+    """The new decoder was built from the old model's needs: after dense -> conv, no key field, so
+    every event was parsed again in Python to find its entity."""
+    pipeline = make(key_field="id")
+    assert pipeline.decoder.key_field is None  # dense without the gate needs no entity per row
+    pipeline.swap_model(SquareScorer(window=3, version="v2"))
+    fresh = make(SquareScorer(window=3), key_field="id")
+    assert pipeline.decoder.key_field == fresh.decoder.key_field == "id"
