@@ -7,8 +7,10 @@ the librdkafka configuration is built, never in logs, reprs or errors.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,16 +27,26 @@ from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION
 from streamer.errors import ConfigError
 from streamer.gate import DEFAULT_GATE_Z, DEFAULT_LONG, DEFAULT_SHORT
 
-# librdkafka keys that this module owns; passing them through `extra` would silently break guarantees.
-_RESERVED_KEYS = frozenset(
-    {"enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers"}
-)
+# librdkafka keys that this module sets itself, and why `extra` may not: each would be overwritten
+# (and so silently ignored) or would break a guarantee. Every other property passes through, and `extra`
+# wins over the defaults set here (message.timeout.ms, linger.ms, compression.type).
+_OWN_KEYS = {
+    "bootstrap.servers": "use kafka.bootstrap_servers",
+    "group.id": "use kafka.group_id",
+    "auto.offset.reset": "use kafka.auto_offset_reset",
+    "session.timeout.ms": "use kafka.session_timeout_ms",
+    "enable.auto.commit": "offsets are committed only once a batch's output is acknowledged",
+    "enable.auto.offset.store": "offsets are stored only once a batch's output is acknowledged",
+    "partition.assignment.strategy": "the detector commits on cooperative-sticky revocations",
+    "enable.idempotence": "retries must not duplicate or reorder alerts",
+}
 
 
 class _Section(BaseModel):
@@ -72,10 +84,11 @@ class KafkaSettings(_Section):
     @field_validator("extra")
     @classmethod
     def _no_reserved(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        clash = sorted(_RESERVED_KEYS & value.keys())
+        clash = sorted(_OWN_KEYS.keys() & value.keys())
         if clash:
+            why = "; ".join(f"{key}: {_OWN_KEYS[key]}" for key in clash)
             raise ValueError(
-                f"librdkafka keys {clash} are set by ae-streamer itself and cannot be overridden"
+                f"librdkafka keys set by ae-streamer itself cannot be given here ({why})"
             )
         return value
 
@@ -114,12 +127,12 @@ class KafkaSettings(_Section):
         return {
             # A record is acknowledged or failed within this (librdkafka's default is 300 s): the
             # detector waits that long for a batch's output, below the consumer's 300 s
-            # max.poll.interval.ms. `extra` may override it.
+            # max.poll.interval.ms. `extra` may override these three.
             "message.timeout.ms": 120_000,
-            **self.common_config(),
-            "enable.idempotence": True,
             "linger.ms": 5,
             "compression.type": "lz4",
+            **self.common_config(),
+            "enable.idempotence": True,
         }
 
 
@@ -140,9 +153,12 @@ class ThresholdSettings(_Section):
     # 0.280). It costs ~0.2 us per score (the in-process pipeline ~13 % slower). Alerting scores enter
     # clipped to the threshold, so a burst of anomalies cannot push it up, however short the window.
     q: float = Field(default=0.99, gt=0.0, lt=1.0)
+    # At most a million scores: River keeps the window as one sorted array (8 bytes a score) and
+    # moves part of it on every update.
     window: int | None = Field(
         default=2_000,
         ge=10,
+        le=1_000_000,
         description="RollingQuantile window; 0 or none = all history (P-square)",
     )
     update_on_alert: bool = False
@@ -302,3 +318,44 @@ def load_settings(
         return Settings.model_validate(_deep_merge(_deep_merge(file_data, env_data), cli))
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    except SettingsError:  # a variable of a list or mapping setting that is not JSON
+        raise ConfigError(_describe_env(prefix)) from None
+
+
+def _describe_env(prefix: str) -> str:
+    """Name the environment variables of list or mapping settings whose values are not JSON (the
+    values themselves are left out: they may be secrets)."""
+    bad = []
+    for name, value in os.environ.items():
+        if not name.upper().startswith(prefix):
+            continue
+        model: Any = Settings
+        annotation: Any = None
+        for part in name[len(prefix) :].lower().split("__"):
+            field = getattr(model, "model_fields", {}).get(part)
+            if field is None:
+                annotation = None
+                break
+            model = annotation = field.annotation
+        if _is_container(annotation):
+            try:
+                json.loads(value)
+            except ValueError:
+                bad.append(name)
+    what = ", ".join(sorted(bad)) or "a STREAMER_ variable"
+    return (
+        f"invalid configuration:\n  {what}: not valid JSON; a list or mapping setting is given in the"
+        " environment as JSON, e.g. STREAMER_KAFKA__INPUT_TOPICS='[\"events\"]'"
+    )
+
+
+def _is_container(annotation: Any) -> bool:
+    """Whether a setting of this type is read from the environment as JSON (a list or mapping, or a
+    section given whole)."""
+    if annotation is None:
+        return False
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return typing.get_origin(annotation) in (list, dict) or any(
+        _is_container(arg) for arg in typing.get_args(annotation) if arg is not type(None)
+    )

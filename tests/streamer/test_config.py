@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -106,9 +107,55 @@ def test_session_timeouts_a_default_kafka_broker_refuses_are_rejected(ms: int) -
         load_settings(None, {"kafka": {"session_timeout_ms": ms}})
 
 
-def test_reserved_librdkafka_keys_cannot_be_overridden() -> None:
-    with pytest.raises(ConfigError, match=r"enable\.auto\.commit"):
-        load_settings(None, {"kafka": {"extra": {"enable.auto.commit": "true"}}})
+@pytest.mark.parametrize(
+    "key",
+    [
+        "enable.auto.commit",
+        "group.id",
+        # these four were accepted and then silently overwritten by the detector's own values
+        "auto.offset.reset",
+        "session.timeout.ms",
+        "partition.assignment.strategy",
+        "enable.idempotence",
+    ],
+)
+def test_librdkafka_keys_the_detector_sets_cannot_be_given_in_extra(key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_settings(None, {"kafka": {"extra": {key: "x"}}})
+
+
+def test_extra_overrides_the_producer_defaults() -> None:
+    extra = {"linger.ms": "50", "compression.type": "zstd", "message.timeout.ms": "60000"}
+    conf = load_settings(None, {"kafka": {"extra": extra}}).kafka.producer_config()
+    assert {k: conf[k] for k in extra} == extra
+    assert conf["enable.idempotence"] is True
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STREAMER_KAFKA__INPUT_TOPICS", "events"),
+        ("STREAMER_KAFKA__EXTRA", "sasl.password=hunter2"),
+    ],
+)
+def test_a_list_or_mapping_in_the_environment_that_is_not_json_is_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """pydantic-settings' own error named only the section ("kafka"), not the variable."""
+    monkeypatch.setenv(name, value)
+    monkeypatch.setenv("STREAMER_KAFKA__GROUP_ID", "not-json-and-fine")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert name in message and "JSON" in message
+    assert "GROUP_ID" not in message and "hunter2" not in message
+
+
+def test_a_threshold_window_too_large_to_allocate_is_refused() -> None:
+    """10**12 validated, then River tried to allocate 8 TB and the process aborted."""
+    with pytest.raises(ConfigError, match=r"threshold\.window"):
+        load_settings(None, {"threshold": {"window": 10**12}})
+    assert load_settings(None, {"threshold": {"window": 1_000_000}}).threshold.window == 1_000_000
 
 
 def test_consumer_is_at_least_once() -> None:
