@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -124,6 +124,10 @@ def save_checkpoint(
     }
     meta_json = json.dumps(meta, sort_keys=True)
     blob = safetensors_save(tensors, metadata={METADATA_KEY: meta_json})
+    # Loaded back from the bytes, as any reader will, before the file is written: a checkpoint that
+    # its own loader would refuse (a feature name too long, too many features, a file too large) must
+    # not replace a good one at `path`.
+    _verified(Path(path), lambda: _from_bytes(Path(path), blob, "cpu", "fp32", False))
     _atomic_write(Path(path), blob)
     return checkpoint_version(digest, meta_json)
 
@@ -156,8 +160,8 @@ MAX_NAME_CHARS = 256
 MAX_FEATURES = 4_096
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Read the file whole, then parse it -> (tensors on cpu, metadata JSON); any error is refused.
+def _read(path: Path) -> bytes:
+    """Read the file whole (at most ``MAX_CHECKPOINT_BYTES``).
 
     Reading into memory, rather than letting safetensors map the file, means the loaded model no
     longer depends on the file: a later write over it in place can neither change nor crash the
@@ -168,7 +172,14 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
             size = os.fstat(f.fileno()).st_size
             if size > MAX_CHECKPOINT_BYTES:
                 raise CheckpointError(f"{path}: {size} bytes, over {MAX_CHECKPOINT_BYTES}")
-            data = f.read(MAX_CHECKPOINT_BYTES + 1)
+            return f.read(MAX_CHECKPOINT_BYTES + 1)
+    except OSError as e:
+        raise CheckpointError(f"{path}: not readable ({e})") from e
+
+
+def _parse(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor], str]:
+    """A checkpoint's bytes -> (tensors on cpu, metadata JSON); any error is refused."""
+    try:
         if len(data) > MAX_CHECKPOINT_BYTES:
             raise CheckpointError(f"{path}: over {MAX_CHECKPOINT_BYTES} bytes")
         # the safetensors layout: u64 little-endian header length, then the JSON header
@@ -187,6 +198,13 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
             f"{path}: no {METADATA_KEY!r} metadata; not an ae-streamer checkpoint"
         )
     return tensors, metadata[METADATA_KEY]
+
+
+def check_names(path: Path, kind: str, features: Sequence[str], name: str | None) -> None:
+    """Refuse, as loading would, features or a name that a checkpoint at ``path`` may not hold."""
+    _check_meta(
+        path, {"kind": kind, "features": list(features), "name": name or kind, "model_config": {}}
+    )
 
 
 def _check_meta(path: Path, meta: dict[str, Any]) -> None:
@@ -238,16 +256,23 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    return _verified(path, lambda: _from_bytes(path, _read(path), device, precision, cuda_graph))
+
+
+def _verified(path: Path, load: Callable[[], Scorer]) -> Scorer:
+    """``load()``, with whatever a hostile file provokes turned into a refusal, never a crash."""
     try:
-        return _load(path, device, precision, cuda_graph)
+        return load()
     except ModelError:  # CheckpointError included: refused with its own reason
         raise
-    except Exception as e:  # whatever a hostile file provokes is a refusal, never a crash
+    except Exception as e:
         raise CheckpointError(f"{path}: checkpoint refused ({type(e).__name__}: {e})") from e
 
 
-def _load(path: Path, device: str, precision: Precision, cuda_graph: bool) -> Scorer:
-    tensors, meta_json = _read(path)
+def _from_bytes(
+    path: Path, data: bytes, device: str, precision: Precision, cuda_graph: bool
+) -> Scorer:
+    tensors, meta_json = _parse(path, data)
     try:
         meta = json.loads(meta_json)
     except json.JSONDecodeError as e:

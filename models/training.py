@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import MAX_FEATURES, check_names, load_checkpoint, save_checkpoint
 from models.conv import ConvConfig
 from models.dense import DenseConfig
 from models.errors import ModelError
@@ -36,6 +36,10 @@ from models.scorer import Scorer, resolve_device
 from models.vae import VAE, VAEConfig, kl_divergence
 
 _EVAL_CHUNK = 8192
+
+
+# A latent width beyond the widest input a checkpoint may have buys nothing and can ask for gigabytes.
+MAX_LATENT = MAX_FEATURES
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,8 @@ class TrainConfig:
             )
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.latent_dim is not None and self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if self.latent_dim is not None and not 1 <= self.latent_dim <= MAX_LATENT:
+            raise ValueError(f"latent_dim must be 1 to {MAX_LATENT}, got {self.latent_dim}")
         if self.max_train_scores < 1:
             raise ValueError(f"max_train_scores must be >= 1, got {self.max_train_scores}")
 
@@ -244,6 +248,8 @@ def train(
         if entities.shape != (data.shape[0],):
             raise ValueError(f"entities must be ({data.shape[0]},), got {entities.shape}")
     out = Path(out)
+    # What the checkpoint's loader would refuse, refused before the training rather than after it.
+    check_names(out, config.kind, features, config.name)
     device = resolve_device(config.device)
     gen = torch.Generator().manual_seed(config.seed)  # shuffling (cpu)
     noise = torch.Generator(device=device).manual_seed(config.seed + 1)  # VAE reparameterisation

@@ -233,3 +233,38 @@ def test_a_loaded_model_does_not_depend_on_its_file(
     with p.open("r+b") as f:
         f.truncate(100)
     assert np.array_equal(scorer.score(x)[0], before)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"name": "n" * 300}, {"features": ["f0", "f1", "f2", "f3", "f4", "x" * 300]}],
+    ids=["long-name", "long-feature-name"],
+)
+def test_a_checkpoint_its_loader_would_refuse_never_replaces_a_good_one(
+    trained: dict[str, TrainResult], tmp_path: Path, change: dict[str, object]
+) -> None:
+    """`streamer train --out prod.safetensors` on a CSV with a 300-character column name wrote the
+    file, then refused to load it: the good checkpoint at that path was gone."""
+    s = trained["dense"].scorer
+    out = tmp_path / "prod.safetensors"
+    save_checkpoint(out, s.model, s.scaler, features=s.features, train_scores=s.train_scores)
+    before = out.read_bytes()
+    kwargs: dict = {"features": s.features, "train_scores": s.train_scores, **change}
+    with pytest.raises(CheckpointError, match="256"):
+        save_checkpoint(out, s.model, s.scaler, **kwargs)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_training_refuses_names_a_checkpoint_may_not_hold_before_it_trains(
+    make_data: Callable[..., np.ndarray], tmp_path: Path
+) -> None:
+    from models import TrainConfig, train
+
+    features = ["a", "", "b", "c", "d", "e"]
+    with pytest.raises(CheckpointError, match="features"):
+        train(
+            make_data(50), features, TrainConfig(kind="dense", epochs=1), tmp_path / "m.safetensors"
+        )
+    assert not (tmp_path / "m.safetensors").exists()
+    with pytest.raises(ValueError, match="latent_dim"):
+        TrainConfig(kind="dense", latent_dim=100_000)
