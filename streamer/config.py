@@ -162,6 +162,9 @@ class ThresholdSettings(_Section):
         description="RollingQuantile window; 0 or none = all history (P-square)",
     )
     update_on_alert: bool = False
+    # An alerting score enters the estimate as at most threshold + (alert_cap - 1) * |threshold|; 1
+    # (the threshold itself) keeps the estimate from ever rising (streamer.threshold).
+    alert_cap: float = Field(default=1.05, ge=1.0, le=1e6)
 
     @field_validator("window", mode="before")
     @classmethod

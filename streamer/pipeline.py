@@ -245,6 +245,7 @@ class Pipeline:
             window=t.window,
             update_on_alert=t.update_on_alert,
             initial_scores=scorer.train_scores,
+            alert_cap=t.alert_cap,
         )
 
     def _new_gate(self, scorer: ScorerLike) -> AlertGate | None:

@@ -104,7 +104,9 @@ def test_hst_is_deterministic_for_a_seed_and_clips_to_the_training_range() -> No
     assert (fa >= 0).all() and (fa <= 1).all()
 
 
-@pytest.mark.parametrize(("kind", "floor"), [("hst", 0.2), ("pca", 0.8)])
+# Outliers are 5 % of the events and q = 0.95, so they come at the rate the threshold expects and it
+# may rise among them (streamer.threshold); hst's floor is about 2x what chance gives.
+@pytest.mark.parametrize(("kind", "floor"), [("hst", 0.1), ("pca", 0.8)])
 def test_baselines_run_through_the_pipeline_and_name_themselves_in_alerts(
     kind: str, floor: float
 ) -> None:
@@ -128,6 +130,7 @@ def test_baselines_run_through_the_pipeline_and_name_themselves_in_alerts(
     assert alert["model"]["kind"] == kind
     assert len(alert["top_features"]) == 3
     assert result.alert_mask[y == 1].mean() > floor  # share of outliers alerted
+    assert result.alert_mask[y == 1].mean() > 2 * result.alert_mask[y == 0].mean()
 
 
 def test_invalid_arguments_are_refused() -> None:

@@ -79,12 +79,20 @@ def test_threshold_equals_rivers_public_api_one_by_one(
     est = stats.RollingQuantile(0.95, window_size=window) if window else stats.Quantile(0.95)
     for s in (warm[-window:] if window else warm).tolist():
         est.update(s)
+    # The documented rule: an exceedance enters as the threshold x 1.05, or as the threshold itself
+    # once the last `window` scores (2,000 with P-square) hold over 1.5 x (1 - q) x window of them.
+    span = window or 2_000
+    exceedances: list[int] = []
     want_thr, want_alerts = [], []
-    for s in scores.tolist():
+    for k, s in enumerate(scores.tolist()):
         current = est.get()
         want_thr.append(current)
         want_alerts.append(s > current)
-        est.update(current if s > current and not update_on_alert else s)
+        if s > current and not update_on_alert:
+            exceedances.append(k)
+            recent = sum(e > k - span for e in exceedances)
+            s = current if recent > 1.5 * 0.05 * span else current + (1.05 - 1.0) * abs(current)
+        est.update(s)
     np.testing.assert_array_equal(got_thr, want_thr)
     np.testing.assert_array_equal(got_alerts, want_alerts)
     assert threshold.get() == est.get()

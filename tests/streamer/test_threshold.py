@@ -31,14 +31,53 @@ def test_alert_rate_on_stationary_scores_is_close_to_one_minus_q(window: int | N
     assert 0.006 < alerts.mean() < 0.015
 
 
-@pytest.mark.parametrize("window", [None, 5_000])
+def test_the_default_rolling_estimate_does_not_creep_down() -> None:
+    """Clipped exactly to the threshold (alert_cap 1), exceedances can never lift a rolling quantile
+    back up, so on stationary scores it sank and the alert rate crept from 1.3 % to 2 %."""
+    rng = np.random.default_rng(0)
+    initial, scores = rng.exponential(size=2_000), rng.exponential(size=200_000)
+    rates = {}
+    for cap in (1.0, 1.05):
+        t = QuantileThreshold(0.99, window=2_000, initial_scores=initial, alert_cap=cap)
+        _, alerts = t.decide(scores)
+        rates[cap] = alerts.reshape(8, -1).mean(axis=1)
+    assert (rates[1.0][-4:] > 0.015).all()  # the old behaviour, for contrast
+    assert ((rates[1.05] > 0.008) & (rates[1.05] < 0.013)).all()
+
+
+def test_exceedances_at_their_expected_rate_may_lift_the_bar_a_burst_may_not() -> None:
+    """After a rise of the scores, the estimate climbs while exceedances stay near 1 - q; a burst
+    beyond 1.5 times that enters clipped, so the bar stays where it was."""
+    rng = np.random.default_rng(4)
+    t = QuantileThreshold(0.99, window=2_000, initial_scores=rng.exponential(size=2_000))
+    before = t.get()
+    t.decide(1.05 * rng.exponential(size=20_000))  # a slow drift up: tracked
+    assert t.get() > 1.02 * before
+    drifted = t.get()
+    scores = rng.exponential(size=20_000)
+    scores[::10] = 1_000.0  # a burst on 10 % of events: held
+    _, alerts = t.decide(scores)
+    assert alerts[::10].all() and t.get() < 1.3 * drifted
+
+
+@pytest.mark.parametrize("cap", [0.99, 0.0, float("inf"), float("nan")])
+def test_alert_cap_is_validated(cap: float) -> None:
+    with pytest.raises(ValueError, match="alert_cap"):
+        QuantileThreshold(0.99, alert_cap=cap)
+
+
+@pytest.mark.parametrize("window", [None, 2_000, 5_000])
 def test_an_attack_does_not_lift_the_bar_unless_configured(window: int | None) -> None:
     rng = np.random.default_rng(2)
     scores = rng.exponential(size=50_000)
-    scores[::10] = rng.uniform(500.0, 1_500.0, size=len(scores[::10]))  # a sustained attack: 10 % of events
+    scores[::10] = rng.uniform(
+        500.0, 1_500.0, size=len(scores[::10])
+    )  # a sustained attack: 10 % of events
     guarded = QuantileThreshold(0.99, window=window, initial_scores=rng.exponential(size=10_000))
     _, guarded_alerts = guarded.decide(scores)
-    lifted = QuantileThreshold(0.99, window=window, update_on_alert=True, initial_scores=rng.exponential(size=10_000))
+    lifted = QuantileThreshold(
+        0.99, window=window, update_on_alert=True, initial_scores=rng.exponential(size=10_000)
+    )
     _, lifted_alerts = lifted.decide(scores)
     assert guarded.get() < 10.0
     assert guarded_alerts[::10].mean() > 0.99
@@ -63,7 +102,9 @@ def test_decide_equals_one_by_one() -> None:
     st.sampled_from([0.5, 0.9, 0.995]),
     st.sampled_from([None, 10, 50]),
 )
-def test_estimate_lies_within_the_observed_range(values: list[float], q: float, window: int | None) -> None:
+def test_estimate_lies_within_the_observed_range(
+    values: list[float], q: float, window: int | None
+) -> None:
     t = QuantileThreshold(q, window=window, update_on_alert=True)
     thresholds, _ = t.decide(np.array(values))
     finite = thresholds[np.isfinite(thresholds)]
