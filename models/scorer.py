@@ -7,7 +7,7 @@ runs one forward pass under `torch.inference_mode()` and returns numpy arrays.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -176,11 +176,22 @@ class Scorer:
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
         """VAE only: n synthetic events (n, F) in raw units, z ~ N(0, I), x ~ N(decode(z), I)."""
-        if not isinstance(self.model, VAE):
+        parts = list(self.sample_chunks(n, seed))
+        return np.concatenate(parts) if parts else np.empty((0, len(self.features)), np.float32)
+
+    def sample_chunks(self, n: int, seed: int = 0, chunk: int = 65_536) -> Iterator[np.ndarray]:
+        """``sample(n, seed)`` in pieces of at most ``chunk`` events, so that memory stays bounded."""
+        model = self.model
+        if not isinstance(model, VAE):
             raise ModelError(f"sample() needs a vae checkpoint, this one is {self.kind!r}")
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        with torch.inference_mode():
-            z = self.model.sample(n, gen)  # (n, F) scaled
-            return (z * self._scale + self._center).cpu().numpy()
+
+        def chunks() -> Iterator[np.ndarray]:  # checked above, drawn as the caller reads
+            for start in range(0, n, chunk):
+                with torch.inference_mode():
+                    z = model.sample(min(chunk, n - start), gen)  # scaled
+                    yield (z * self._scale + self._center).cpu().numpy()
+
+        return chunks()

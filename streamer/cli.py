@@ -49,6 +49,7 @@ _RUN_FLAGS = {
     "q": "threshold.q",
     "window": "threshold.window",
     "update_on_alert": "threshold.update_on_alert",
+    "alert_cap": "threshold.alert_cap",
     "batch_size": "batch.max_events",
     "max_wait_ms": "batch.max_wait_ms",
     "log_level": "log.level",
@@ -82,6 +83,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="let alerting scores update the threshold estimate",
+    )
+    p.add_argument(
+        "--alert-cap",
+        type=float,
+        help="alerting scores enter the estimate capped at threshold x this (default 1.05)",
     )
     p.add_argument("--batch-size", type=int, help="max events per micro-batch")
     p.add_argument("--max-wait-ms", type=int, help="max wait after a batch's first event")
@@ -269,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (StreamerError, ModelError, ValueError) as exc:
+    except (StreamerError, ModelError, ValueError, OSError) as exc:  # OSError: a path, a folder
         print(f"streamer {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

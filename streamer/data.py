@@ -67,7 +67,8 @@ def load_table(
 ) -> Table:
     """Read a CSV (header row), JSONL (one object per line) or ``.npz`` file into a :class:`Table`.
 
-    CSV/JSONL: ``features`` defaults to every column whose value in the first row is a number,
+    CSV/JSONL: ``features`` defaults to every column whose values (among the first 1,000 rows, blanks
+    aside) are mostly numbers,
     except the label, entity and time columns. NPZ: arrays ``train``, optional ``test`` and
     ``label`` (labels of ``test``); ``split`` picks ``train`` or ``test``; features are named
     ``f0..f{F-1}`` unless given.
@@ -94,7 +95,7 @@ def load_table(
 
 
 def _read_csv(path: Path, max_rows: int | None) -> tuple[list[str], list[dict[str, Any]]]:
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a byte-order mark is dropped
         reader = csv.reader(fh)
         try:
             header = next(reader)
@@ -127,6 +128,8 @@ def _read_jsonl(path: Path, max_rows: int | None) -> tuple[list[str], list[dict[
     rows = []
     with path.open("rb") as fh:
         for line_no, line in enumerate(fh, start=1):
+            if line_no == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark
             if not line.strip():
                 continue
             try:
@@ -159,6 +162,19 @@ def _number(value: Any) -> float | None:
     return None
 
 
+# Rows looked at to tell the numeric columns: one blank or "NA" in the first row must not drop a column.
+_SAMPLE_ROWS = 1_000
+
+
+def _numeric_column(rows: list[dict[str, Any]], column: str) -> bool:
+    """Whether at least half the column's non-blank values among the first rows are numbers (the rest then
+    fail, naming their line, when the table is built)."""
+    values = [row.get(column) for row in rows[:_SAMPLE_ROWS]]
+    present = [v for v in values if v is not None and not (isinstance(v, str) and not v.strip())]
+    numbers = sum(_number(v) is not None for v in present)
+    return numbers > 0 and 2 * numbers >= len(present)
+
+
 def _to_table(
     path: Path,
     header: list[str],
@@ -170,13 +186,12 @@ def _to_table(
 ) -> Table:
     if not rows:
         raise DataError(f"{path}: no data rows")
-    first = rows[0]
     for role, col in (("label", label_column), ("entity", entity_column), ("time", time_column)):
         if col is not None and col not in header:
             raise DataError(f"{path}: {role} column {col!r} not found; columns: {header}")
     if features is None:
         reserved = {label_column, entity_column, time_column}
-        features = [c for c in header if c not in reserved and _number(first.get(c)) is not None]
+        features = [c for c in header if c not in reserved and _numeric_column(rows, c)]
         if not features:
             raise DataError(f"{path}: no numeric feature columns in {header}")
     else:
@@ -264,9 +279,9 @@ def _load_npz(
         archive = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise DataError(f"{path}: not a readable .npz archive ({exc})") from exc
+    if not hasattr(archive, "files"):  # np.load read a single .npy array
+        raise DataError(f"{path}: expected an .npz archive, found a single array")
     with archive:
-        if not hasattr(archive, "files"):
-            raise DataError(f"{path}: expected an .npz archive, found a single array")
         if split not in archive.files:
             raise DataError(f"{path}: array {split!r} not found; arrays: {archive.files}")
         try:
@@ -336,6 +351,11 @@ def load_nab_series(
             all_windows = json.loads(Path(windows_json).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DataError(f"{windows_json}: cannot read windows JSON ({exc})") from exc
+    if not isinstance(all_windows, Mapping):
+        raise DataError(
+            f"{windows_json}: expected a JSON object of windows per series, as NAB's "
+            "combined_windows.json (labels per row go in a text file, one 0 or 1 a line)"
+        )
     if name not in all_windows:
         # A series copied out of NAB's folder layout is found by its file name, when that is unique.
         matches = [k for k in all_windows if k.rsplit("/", 1)[-1] == csv_path.name]
@@ -349,8 +369,13 @@ def load_nab_series(
     ts = ts.astype("datetime64[s]")
     windows: list[tuple[np.datetime64, np.datetime64]] = []
     labels = np.zeros(len(ts), dtype=np.int8)
-    for k, pair in enumerate(all_windows[name]):
+    series_windows = all_windows[name]
+    if not isinstance(series_windows, list):
+        raise DataError(f"{windows_json}: the windows of {name!r} are not a list of pairs")
+    for k, pair in enumerate(series_windows):
         try:
+            if not (isinstance(pair, list) and all(isinstance(t, str) for t in pair)):
+                raise TypeError("not a list of strings")
             start, end = (_nab_time(t) for t in pair)
         except (ValueError, TypeError) as exc:
             raise DataError(

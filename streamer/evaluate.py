@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from streamer.args import non_negative_int
 from streamer.baselines import BASELINE_KINDS, HalfSpaceTreesScorer, PCAScorer
 from streamer.config import BatchSettings, EventSettings, ThresholdSettings
 from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION
@@ -124,13 +125,21 @@ def _read_row_labels(path: Path, n: int) -> np.ndarray:
             if not text:
                 continue
             if text not in ("0", "1"):
-                if line_no == 1 and not values:
-                    continue  # header
+                if line_no == 1 and not _is_number(text):
+                    continue  # a header line (a number other than 0 or 1 is a bad label)
                 raise DataError(f"{path} line {line_no}: label {text!r} is not 0 or 1")
             values.append(int(text))
     if len(values) != n:
         raise DataError(f"{path}: {len(values)} labels for {n} rows")
     return np.asarray(values, dtype=np.int8)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_nab(csv_path: str | Path, windows_json: str | Path | dict[str, Any]) -> Series:
@@ -194,6 +203,11 @@ def load_series(
         if t.labels is None:
             raise DataError(f"{test}: array 'label' not found")
         tr = load_table(train or test, split="train")
+        if tr.features != t.features:
+            raise DataError(
+                f"{train or test}: the training data has columns {tr.features}, the test data "
+                f"{t.features}; they must be the same"
+            )
         cols = list(range(len(t.features)))
         if features is not None:  # columns are named f0..f{F-1}; pick some of them
             unknown = [f for f in features if f not in t.features]
@@ -638,6 +652,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"let alerting scores update the threshold (default {defaults_t.update_on_alert})",
     )
     p.add_argument(
+        "--alert-cap",
+        type=float,
+        help="alerting scores enter the threshold capped at threshold x this "
+        f"(default {defaults_t.alert_cap}; 1 = the threshold itself, which then never rises)",
+    )
+    p.add_argument(
         "--batch-size",
         type=int,
         help=f"events per micro-batch (default {defaults_b.max_events})",
@@ -696,7 +716,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     p.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads for training (default 1)"
+        "--threads",
+        type=non_negative_int,
+        default=1,
+        help="torch CPU threads for training (default 1; 0 = torch's default)",
     )
     p.add_argument("--max-series", type=int, help="with --suite: only the first N series")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -740,6 +763,8 @@ def settings_from(
         updates["window"] = args.threshold_window
     if args.update_on_alert is not None:
         updates["update_on_alert"] = args.update_on_alert
+    if args.alert_cap is not None:
+        updates["alert_cap"] = args.alert_cap
     threshold = ThresholdSettings(**{**t.model_dump(), **updates})
     b = BatchSettings()
     batch = (
@@ -775,7 +800,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from streamer.logs import configure_logging
 
     configure_logging("INFO")
-    if args.threads is not None:
+    if args.threads:
         import torch
 
         # On a shared or small machine torch's default of one thread per core oversubscribes the
@@ -820,8 +845,6 @@ def evaluate_command(args: argparse.Namespace) -> int:
         "detectors": [r.to_dict() for r in results],
     }
     text = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-    if args.json_out:
-        Path(args.json_out).write_text(text + "\n", encoding="utf-8")
     if args.json:
         print(text)
     else:
@@ -832,4 +855,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
         print(
             format_table([(r.kind, r.metrics) for r in results], nab=series.nab_windows is not None)
         )
+    if args.json_out:  # after the table, so that a bad path loses no result
+        write_text(args.json_out, text + "\n")
     return 0
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write an output file, making its folder first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from streamer.args import positive_int
 from streamer.errors import DataError
 
 
@@ -41,15 +42,17 @@ def encode_command(args: argparse.Namespace) -> int:
     columns = [f"z{i}" for i in range(codes.shape[1])]
     if args.to_topic:
         _encode_to_topic(args, codes, columns, table.entities)
+    elif args.out.suffix not in (".npy", ".csv"):
+        raise DataError(f"--out must end in .npy or .csv, got {args.out}")
     elif args.out.suffix == ".npy":
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         np.save(args.out, codes, allow_pickle=False)
-    elif args.out.suffix == ".csv":
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["row", *columns])
             writer.writerows([i, *map(float, row)] for i, row in enumerate(codes))
-    else:
-        raise DataError(f"--out must end in .npy or .csv, got {args.out}")
     print(
         orjson.dumps(
             {
@@ -87,12 +90,15 @@ def sample_command(args: argparse.Namespace) -> int:
     from models import load_checkpoint
 
     scorer = load_checkpoint(args.model, device=args.device)
-    rows = scorer.sample(args.n, seed=args.seed)
     names = scorer.features
-    with Path(args.out).open("wb") as fh:
-        for row in rows.tolist():
-            fh.write(orjson.dumps(dict(zip(names, row, strict=True))) + b"\n")
-    print(orjson.dumps({"rows": len(rows), "features": list(names), "out": str(args.out)}).decode())
+    chunks = scorer.sample_chunks(args.n, seed=args.seed)  # raises here for a model that is no VAE
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as fh:
+        for rows in chunks:
+            for row in rows.tolist():
+                fh.write(orjson.dumps(dict(zip(names, row, strict=True))) + b"\n")
+    print(orjson.dumps({"rows": args.n, "features": list(names), "out": str(args.out)}).decode())
     return 0
 
 
@@ -109,7 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--entity-column", help="entity key column (windows of a conv model; record keys)"
     )
-    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--batch-size", type=positive_int, default=4096)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     p.set_defaults(func=encode_command)
 

@@ -38,6 +38,7 @@ from streamer.evaluate import (
     load_nab,
     resolve_kinds,
     settings_record,
+    write_text,
 )
 from streamer.nab import NabScore, aggregate
 
@@ -274,7 +275,7 @@ def run_suite_command(
         },
     }
     text = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-    if args.json_out:
-        Path(args.json_out).write_text(text + "\n", encoding="utf-8")
     print(text if args.json else format_suite(result))
+    if args.json_out:  # after the table, so that a bad path loses no result
+        write_text(args.json_out, text + "\n")
     return 0

@@ -146,9 +146,44 @@ def test_sample_writes_events_in_original_units(csv_path: Path, frame, tmp_path:
         abs(rpm.mean() - frame[0][:, frame[1].index("rpm")].mean())
         < frame[0][:, frame[1].index("rpm")].std()
     )
-    again = tmp_path / "again.jsonl"
+    again = tmp_path / "new" / "folder" / "again.jsonl"  # its folder is made
     main(["sample", "--model", str(ckpt), "-n", "200", "--out", str(again), "--seed", "3"])
     assert again.read_bytes() == out.read_bytes()  # the seed makes it reproducible
+
+
+def test_sample_in_chunks_is_one_stream(csv_path: Path, tmp_path: Path) -> None:
+    """`sample -n` held every event in memory at once (~250 bytes each); it now draws in chunks, from
+    one generator, so the first events do not depend on how many follow."""
+    from models import load_checkpoint
+
+    ckpt = tmp_path / "v.safetensors"
+    train(csv_path, ckpt, "--model", "vae")
+    scorer = load_checkpoint(ckpt)
+    chunks = list(scorer.sample_chunks(25, seed=5, chunk=10))
+    assert [len(c) for c in chunks] == [10, 10, 5]
+    np.testing.assert_array_equal(np.concatenate(chunks)[:10], scorer.sample(10, seed=5))
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_encode_refuses_a_batch_size_below_one(
+    csv_path: Path, tmp_path: Path, size: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-1 wrote an empty file and exited 0; 0 raised from range()."""
+    with pytest.raises(SystemExit) as info:
+        main(
+            [
+                "encode",
+                "--model",
+                "m",
+                "--data",
+                str(csv_path),
+                "--out",
+                "z.npy",
+                "--batch-size",
+                size,
+            ]
+        )
+    assert info.value.code == 2 and "--batch-size" in capsys.readouterr().err
 
 
 def test_sample_needs_a_vae_and_says_so(

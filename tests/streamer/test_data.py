@@ -230,3 +230,52 @@ def test_real_nab_series_windows_within_span() -> None:
     rows = s.window_rows()
     assert all(s.labels[a : b + 1].all() for a, b in rows)
     assert s.labels.sum() == sum(b - a + 1 for a, b in rows)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path: Path) -> None:
+    """Excel saves CSV with a BOM: the first feature was named '\\ufefftemperature', and every live
+    event (with 'temperature') was then dead-lettered for a missing feature."""
+    csv_path = tmp_path / "bom.csv"
+    csv_path.write_text("temperature,pressure\n1,2\n3,4\n", encoding="utf-8-sig")
+    assert load_table(csv_path).features == ["temperature", "pressure"]
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes(b'\xef\xbb\xbf{"temperature": 1, "pressure": 2}\n')
+    assert load_table(jsonl).features == ["temperature", "pressure"]
+
+
+@pytest.mark.parametrize("first", ["", "NA"])
+def test_one_odd_value_in_the_first_row_does_not_drop_a_column(tmp_path: Path, first: str) -> None:
+    """Feature columns were chosen from the first row alone: a blank there dropped the column
+    silently. Now the column stays, and its bad value is named."""
+    rows = [f"0.1,{first},0.3"] + [f"{i},{i + 1},{i + 2}" for i in range(49)]
+    path = write_csv(tmp_path / "f.csv", "temperature,pressure,rpm\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"line 2, column 'pressure'"):
+        load_table(path)
+    text = write_csv(tmp_path / "t.csv", "id,v\nx1,1\n7,2\nx3,3\n")
+    assert load_table(text).features == ["v"]  # a text column with a stray number is no feature
+
+
+def test_windows_json_of_the_wrong_shape_is_a_clear_error(tmp_path: Path) -> None:
+    series_path, _ = nab_fixture(tmp_path)
+    for bad in (
+        [0, 1, 1],
+        {"realTest/tiny.csv": 5},
+        {"realTest/tiny.csv": [[1, 2]]},
+        {"realTest/tiny.csv": [[None, None]]},
+    ):
+        with pytest.raises(DataError):
+            load_nab_series(series_path, bad if isinstance(bad, dict) else _as_file(tmp_path, bad))
+
+
+def _as_file(tmp_path: Path, value: object) -> Path:
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(value))
+    return path
+
+
+def test_a_single_array_named_npz_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "single.npz"
+    with path.open("wb") as fh:
+        np.save(fh, np.zeros((3, 2)))
+    with pytest.raises(DataError, match="single array"):
+        load_table(path)

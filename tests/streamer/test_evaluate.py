@@ -475,3 +475,54 @@ def test_cli_raw_errors_trains_without_error_normalisation(
         assert run_cli(*argv, *flag) == 0
         payload = orjson.loads(capsys.readouterr().out)
         assert payload["settings"]["detector"]["normalize_errors"] is expected
+
+
+def test_npz_train_and_test_columns_must_match(tmp_path: Path) -> None:
+    """Training columns were taken by position: a (60, 3) train with a (40, 2) test trained on the
+    first two, and a (60, 1) train raised IndexError."""
+    rng = np.random.default_rng(0)
+    for width in (3, 1):
+        path = tmp_path / f"w{width}.npz"
+        np.savez(
+            path,
+            train=rng.normal(size=(60, width)),
+            test=rng.normal(size=(40, 2)),
+            label=np.zeros(40),
+        )
+        with pytest.raises(DataError, match="must be the same"):
+            evaluate.load_series(path)
+
+
+def test_row_labels_file_skips_only_a_text_header(tmp_path: Path) -> None:
+    path = tmp_path / "labels.txt"
+    path.write_text("2\n" + "0\n" * 4)
+    with pytest.raises(DataError, match="'2' is not 0 or 1"):
+        evaluate._read_row_labels(path, 4)
+    path.write_text("label\n" + "0\n" * 4)
+    assert evaluate._read_row_labels(path, 4).tolist() == [0, 0, 0, 0]
+
+
+def test_json_out_into_a_new_folder_is_written_after_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json-out into a folder that did not exist raised FileNotFoundError after the whole run, and
+    the table was never printed."""
+    from streamer.cli import main
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 2))
+    x[250:255] += 8.0
+    data = tmp_path / "d.csv"
+    data.write_text(
+        "a,b,label\n" + "".join(f"{a},{b},{int(250 <= i < 255)}\n" for i, (a, b) in enumerate(x))
+    )
+    out = tmp_path / "new" / "folder" / "r.json"
+    args = ["evaluate", "--test", str(data), "--label-column", "label", "--train-fraction", "0.5"]
+    assert main([*args, "--model", "pca", "--no-baselines", "--json-out", str(out)]) == 0
+    assert "pca" in capsys.readouterr().out and json.loads(out.read_text())["detectors"]
+    missing = tmp_path / "nowhere.txt"
+    assert (
+        main(["evaluate", "--test", str(data), "--labels", str(missing), "--train-fraction", "0.5"])
+        == 2
+    )
+    assert "nowhere.txt" in capsys.readouterr().err

@@ -1,0 +1,25 @@
+"""Argument types shared by the subcommands: a bad value is a usage error naming the flag."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _int(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1."""
+    return _int(text, 1, "at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    """An integer of at least 0."""
+    return _int(text, 0, "0 or more")
