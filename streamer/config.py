@@ -150,8 +150,8 @@ class ThresholdSettings(_Section):
     # SMAP and MSL (0.995 did on SMAP only). The quantile of the last 2,000 scores (river's exact
     # RollingQuantile) rather than of all history (P-square): SMAP 0.143 -> 0.197, MSL 0.172 -> 0.171,
     # and on ASD the only setting found that beats pca (0.267 against 0.245; all history 0.274 against
-    # 0.280). It costs ~0.2 us per score (the in-process pipeline ~13 % slower). Alerting scores enter
-    # clipped to the threshold, so a burst of anomalies cannot push it up, however short the window.
+    # 0.280). It costs ~0.2 us per score (the in-process pipeline ~13 % slower). (Those figures were
+    # measured with alerting scores clipped to the threshold, alert_cap 1.)
     q: float = Field(default=0.99, gt=0.0, lt=1.0)
     # At most a million scores: River keeps the window as one sorted array (8 bytes a score) and
     # moves part of it on every update.
@@ -162,8 +162,10 @@ class ThresholdSettings(_Section):
         description="RollingQuantile window; 0 or none = all history (P-square)",
     )
     update_on_alert: bool = False
-    # An alerting score enters the estimate as at most threshold + (alert_cap - 1) * |threshold|; 1
-    # (the threshold itself) keeps the estimate from ever rising (streamer.threshold).
+    # An alerting score enters the estimate as at most threshold + (alert_cap - 1) * |threshold|, and as
+    # the threshold itself while exceedances run over 1.5 times their expected number, so that a burst
+    # cannot push the bar up however short the window; 1 keeps the estimate from ever rising
+    # (streamer.threshold).
     alert_cap: float = Field(default=1.05, ge=1.0, le=1e6)
 
     @field_validator("window", mode="before")
