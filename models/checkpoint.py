@@ -132,11 +132,20 @@ def save_checkpoint(
     return checkpoint_version(digest, meta_json)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; set straight back
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, blob: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            # mkstemp makes the file readable by its owner alone; a checkpoint gets the mode any new
+            # file would (a detector running as another user must be able to read it).
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())

@@ -515,21 +515,26 @@ def evaluate_series(
 
 
 def write_decisions(path: str | Path, decisions: Decisions) -> None:
-    """One CSV row per test row: ``row, score, threshold, alert`` (alert 0/1)."""
+    """One CSV row per test row: ``row, score, threshold, alert, exceeds``.
+
+    ``row`` counts the test rows from 0; ``alert`` (0/1) is the alert as published, after the rise gate
+    and the cooldown; ``exceeds`` (0/1) is score > threshold, the decision point-wise F1 judges.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["row", "score", "threshold", "alert"])
-        for i, (s, t, a) in enumerate(
+        writer.writerow(["row", "score", "threshold", "alert", "exceeds"])
+        for i, (s, t, a, e) in enumerate(
             zip(
                 decisions.scores.tolist(),
                 decisions.thresholds.tolist(),
                 decisions.alerts.tolist(),
+                decisions.exceeds.tolist(),
                 strict=True,
             )
         ):
-            writer.writerow([i, repr(s), repr(t), int(a)])
+            writer.writerow([i, repr(s), repr(t), int(a), int(e)])
 
 
 # -------------------------------------------------------------------------------------- terminal
@@ -813,6 +818,20 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if args.suite:
         from streamer.suites import run_suite_command
 
+        single = {
+            "--test": args.test,
+            "--train": args.train,
+            "--train-fraction": args.train_fraction,
+            "--label-column": args.label_column,
+            "--labels": args.labels,
+            "--entity-column": args.entity_column,
+            "--decisions-out": args.decisions_out,
+            "--plot": args.plot,
+        }
+        if given := [flag for flag, value in single.items() if value is not None]:
+            raise StreamerError(
+                f"--suite reads its own series; {', '.join(given)}: for --test only"
+            )
         return run_suite_command(args, threshold, batch, events, spec)
     if args.test is None:
         raise StreamerError("give --test PATH or --suite NAME")

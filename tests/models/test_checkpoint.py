@@ -67,6 +67,20 @@ def copy_of(result: TrainResult, tmp_path: Path) -> Path:
     return p
 
 
+def test_a_checkpoint_gets_the_mode_of_any_new_file(
+    trained: dict[str, TrainResult], tmp_path: Path
+) -> None:
+    """mkstemp's 0600 stayed on the checkpoint: a detector running as another user could not read it."""
+    s = trained["dense"].scorer
+    out = tmp_path / "m.safetensors"
+    mask = os.umask(0o027)
+    try:
+        save_checkpoint(out, s.model, s.scaler, features=s.features, train_scores=s.train_scores)
+    finally:
+        os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o640
+
+
 def test_refuses_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "nope.safetensors")

@@ -201,12 +201,15 @@ def test_decisions_file_has_one_row_per_test_row(tmp_path: Path) -> None:
     write_decisions(out, d)
     with out.open(newline="") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["row", "score", "threshold", "alert"]
+    assert rows[0] == ["row", "score", "threshold", "alert", "exceeds"]
     body = rows[1:]
     assert len(body) == len(series.test)
     assert [int(r[0]) for r in body] == list(range(len(series.test)))
     assert {r[3] for r in body} <= {"0", "1"}
     assert sum(int(r[3]) for r in body) == int(d.alerts.sum())
+    # the point-wise decision, from which F1 can be recomputed (alert is what was published)
+    assert [int(r[4]) for r in body] == d.exceeds.astype(int).tolist()
+    assert all(int(r[4]) == (float(r[1]) > float(r[2])) for r in body)
     np.testing.assert_allclose([float(r[1]) for r in body], d.scores)
 
 
@@ -387,6 +390,18 @@ def test_cli_refuses_bad_combinations(tmp_path: Path) -> None:
             run_cli("--test", "x.csv", *bad)
     with pytest.raises(StreamerError, match=r"invalid setting.*alert_gate_short"):
         run_cli("--test", "x.csv", "--gate-spans", "100,100")
+    # flags of a single series were silently ignored with --suite (no file written, exit 0)
+    with pytest.raises(StreamerError, match=r"--decisions-out, --plot: for --test only"):
+        run_cli(
+            "--suite",
+            "asd",
+            "--data-dir",
+            str(tmp_path),
+            "--decisions-out",
+            "d.csv",
+            "--plot",
+            "p.png",
+        )
 
 
 def test_resolve_kinds_adds_baselines_once_and_expands_auto() -> None:
