@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +267,9 @@ def _datetime(value: Any) -> np.datetime64:
     if text.endswith("Z"):
         text = text[:-1]
     elif len(text) > 6 and text[-6] in "+-" and text[-3] == ":":
-        text = text[:-6]  # keep wall time; callers give UTC
+        # An offset: the time in UTC, as numpy reads a window's bounds with one (with a warning).
+        utc = datetime.fromisoformat(text).astimezone(UTC).replace(tzinfo=None)
+        return np.datetime64(utc.isoformat(), "ms")
     return np.datetime64(text, "ms")
 
 
@@ -331,7 +334,7 @@ def nab_files(data_dir: str | Path) -> list[Path]:
 
 
 def _nab_time(value: str) -> np.datetime64:
-    return np.datetime64(value.strip().replace(" ", "T"), "s")
+    return _datetime(value.strip().replace(" ", "T")).astype("datetime64[s]")
 
 
 def load_nab_series(

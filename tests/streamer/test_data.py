@@ -279,3 +279,25 @@ def test_a_single_array_named_npz_is_a_clear_error(tmp_path: Path) -> None:
         np.save(fh, np.zeros((3, 2)))
     with pytest.raises(DataError, match="single array"):
         load_table(path)
+
+
+def test_timestamps_with_a_utc_offset_are_read_as_utc_in_series_and_windows(tmp_path: Path) -> None:
+    """The series kept wall time while the windows went to UTC: labels shifted by the offset."""
+    series = tmp_path / "data" / "cat" / "s.csv"
+    series.parent.mkdir(parents=True)
+    start = np.datetime64("2020-01-01T00:00:00")
+    series.write_text(
+        "timestamp,value\n"
+        + "".join(f"{start + np.timedelta64(i, 'h')}+02:00,{i}\n" for i in range(300))
+    )
+    windows = {
+        "cat/s.csv": [
+            [
+                f"{start + np.timedelta64(150, 'h')}+02:00",
+                f"{start + np.timedelta64(160, 'h')}+02:00",
+            ]
+        ]
+    }
+    s = load_nab_series(series, windows)
+    assert np.flatnonzero(s.labels).tolist() == list(range(150, 161))
+    assert s.timestamps[0] == np.datetime64("2019-12-31T22:00:00")
