@@ -102,8 +102,10 @@ def _read_csv(path: Path, max_rows: int | None) -> tuple[list[str], list[dict[st
             header = next(reader)
         except StopIteration:
             raise DataError(f"{path}: empty file, expected a header row") from None
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except csv.Error as exc:
             raise DataError(f"{path} line 1: {exc}") from exc
+        except UnicodeDecodeError as exc:  # decoded a block at a time: find the line
+            raise DataError(f"{path} line {_first_bad_line(path)}: {exc}") from exc
         header = [h.strip() for h in header]
         if len(set(header)) != len(header):
             raise DataError(f"{path}: duplicate column names in header {header}")
@@ -119,9 +121,22 @@ def _read_csv(path: Path, max_rows: int | None) -> tuple[list[str], list[dict[st
                 rows.append({"__line__": line_no, **dict(zip(header, row, strict=True))})
                 if max_rows is not None and len(rows) >= max_rows:
                     break
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except csv.Error as exc:
             raise DataError(f"{path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path} line {_first_bad_line(path)}: {exc}") from exc
     return header, rows
+
+
+def _first_bad_line(path: Path) -> int:
+    """The number of the first line of ``path`` that is not UTF-8."""
+    with path.open("rb") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return line_no
+    return 1
 
 
 def _read_jsonl(path: Path, max_rows: int | None) -> tuple[list[str], list[dict[str, Any]]]:

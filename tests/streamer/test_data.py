@@ -301,3 +301,10 @@ def test_timestamps_with_a_utc_offset_are_read_as_utc_in_series_and_windows(tmp_
     s = load_nab_series(series, windows)
     assert np.flatnonzero(s.labels).tolist() == list(range(150, 161))
     assert s.timestamps[0] == np.datetime64("2019-12-31T22:00:00")
+
+
+def test_invalid_utf8_is_reported_on_its_own_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"a,b\n1,2\n3,caf\xe9\n")
+    with pytest.raises(DataError, match="line 3"):
+        load_table(path)
