@@ -40,6 +40,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+# Events a VAE draws at a time in sample(); a whole block even for fewer.
+SAMPLE_BLOCK = 4_096
+
+
 class Scorer:
     """A trained model plus its scaler and metadata, ready to score raw batches.
 
@@ -179,8 +183,9 @@ class Scorer:
         parts = list(self.sample_chunks(n, seed))
         return np.concatenate(parts) if parts else np.empty((0, len(self.features)), np.float32)
 
-    def sample_chunks(self, n: int, seed: int = 0, chunk: int = 65_536) -> Iterator[np.ndarray]:
-        """``sample(n, seed)`` in pieces of at most ``chunk`` events, so that memory stays bounded."""
+    def sample_chunks(self, n: int, seed: int = 0) -> Iterator[np.ndarray]:
+        """``sample(n, seed)`` a block of ``SAMPLE_BLOCK`` events at a time, so that memory stays
+        bounded. Every block is drawn whole, so the first m events are the same whatever n is."""
         model = self.model
         if not isinstance(model, VAE):
             raise ModelError(f"sample() needs a vae checkpoint, this one is {self.kind!r}")
@@ -188,10 +193,11 @@ class Scorer:
             raise ValueError(f"n must be >= 0, got {n}")
         gen = torch.Generator(device=self.device).manual_seed(seed)
 
-        def chunks() -> Iterator[np.ndarray]:  # checked above, drawn as the caller reads
-            for start in range(0, n, chunk):
+        def blocks() -> Iterator[np.ndarray]:  # checked above, drawn as the caller reads
+            for start in range(0, n, SAMPLE_BLOCK):
                 with torch.inference_mode():
-                    z = model.sample(min(chunk, n - start), gen)  # scaled
-                    yield (z * self._scale + self._center).cpu().numpy()
+                    z = model.sample(SAMPLE_BLOCK, gen)  # scaled
+                    block = (z * self._scale + self._center).cpu().numpy()
+                yield block[: n - start]
 
-        return chunks()
+        return blocks()

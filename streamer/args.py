@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+ALERT_CAP_HELP = (
+    "an alerting score enters the threshold's estimate as at most threshold + (cap - 1) x "
+    "|threshold|, and as the threshold itself in a burst (default 1.05; 1 = never above the "
+    "threshold, so a rolling estimate can only fall)"
+)
+
 
 def _int(text: str, low: int, what: str) -> int:
     try:

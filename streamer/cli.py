@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from models.errors import ModelError
+from streamer.args import ALERT_CAP_HELP
 from streamer.errors import StreamerError
 
 if TYPE_CHECKING:
@@ -84,11 +85,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="let alerting scores update the threshold estimate",
     )
-    p.add_argument(
-        "--alert-cap",
-        type=float,
-        help="alerting scores enter the estimate capped at threshold x this (default 1.05)",
-    )
+    p.add_argument("--alert-cap", type=float, help=ALERT_CAP_HELP)
     p.add_argument("--batch-size", type=int, help="max events per micro-batch")
     p.add_argument("--max-wait-ms", type=int, help="max wait after a batch's first event")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

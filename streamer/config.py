@@ -8,6 +8,7 @@ the librdkafka configuration is built, never in logs, reprs or errors.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 import typing
@@ -39,6 +40,7 @@ from streamer.gate import DEFAULT_GATE_Z, DEFAULT_LONG, DEFAULT_SHORT
 # wins over the defaults set here (message.timeout.ms, linger.ms, compression.type).
 _OWN_KEYS = {
     "bootstrap.servers": "use kafka.bootstrap_servers",
+    "metadata.broker.list": "use kafka.bootstrap_servers",  # librdkafka's alias of the above
     "group.id": "use kafka.group_id",
     "auto.offset.reset": "use kafka.auto_offset_reset",
     "session.timeout.ms": "use kafka.session_timeout_ms",
@@ -143,6 +145,9 @@ class BatchSettings(_Section):
     max_wait_ms: int = Field(default=5, ge=0, le=60_000)
 
 
+_MIN_EXCEEDANCES = 10
+
+
 class ThresholdSettings(_Section):
     """The adaptive threshold: an online estimate of the q-quantile of recent scores."""
 
@@ -167,6 +172,20 @@ class ThresholdSettings(_Section):
     # cannot push the bar up however short the window; 1 keeps the estimate from ever rising
     # (streamer.threshold).
     alert_cap: float = Field(default=1.05, ge=1.0, le=1e6)
+
+    @model_validator(mode="after")
+    def _enough_exceedances(self) -> ThresholdSettings:
+        """A rolling q-quantile needs room for the tail it estimates: at least 10 expected
+        exceedances in the window. With fewer, the estimate sits near the window's maximum and the
+        alert rate is far above 1 - q (q = 0.99: 19 % with 50 scores, 7 % with 200, 1.1 % with 2,000)."""
+        if self.window is not None and self.window * (1.0 - self.q) < _MIN_EXCEEDANCES:
+            least = math.ceil(_MIN_EXCEEDANCES / (1.0 - self.q) - 1e-9)
+            raise ValueError(
+                f"a window of {self.window} scores holds {self.window * (1.0 - self.q):g} expected "
+                f"exceedances at q = {self.q:g}; it needs at least {_MIN_EXCEEDANCES}: window >= "
+                f"{least}, or 0 for all history"
+            )
+        return self
 
     @field_validator("window", mode="before")
     @classmethod

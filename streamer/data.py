@@ -68,9 +68,8 @@ def load_table(
 ) -> Table:
     """Read a CSV (header row), JSONL (one object per line) or ``.npz`` file into a :class:`Table`.
 
-    CSV/JSONL: ``features`` defaults to every column whose values (among the first 1,000 rows, blanks
-    aside) are mostly numbers,
-    except the label, entity and time columns. NPZ: arrays ``train``, optional ``test`` and
+    CSV/JSONL: ``features`` defaults to every column at least half of whose values among the first
+    1,000 rows are numbers, except the label, entity and time columns. NPZ: arrays ``train``, optional ``test`` and
     ``label`` (labels of ``test``); ``split`` picks ``train`` or ``test``; features are named
     ``f0..f{F-1}`` unless given.
     """
@@ -164,7 +163,7 @@ def _read_jsonl(path: Path, max_rows: int | None) -> tuple[list[str], list[dict[
     return header, rows
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
     """The value as a float if it is a number (CSV text included), else None."""
     if isinstance(value, bool):
         return None
@@ -178,17 +177,16 @@ def _number(value: Any) -> float | None:
     return None
 
 
-# Rows looked at to tell the numeric columns: one blank or "NA" in the first row must not drop a column.
+# Rows looked at to tell the numeric columns: one blank or "NA" in the first row must not drop one.
 _SAMPLE_ROWS = 1_000
 
 
 def _numeric_column(rows: list[dict[str, Any]], column: str) -> bool:
-    """Whether at least half the column's non-blank values among the first rows are numbers (the rest then
-    fail, naming their line, when the table is built)."""
+    """Whether at least half the column's values among the first rows are numbers (the rest then fail,
+    naming their line, when the table is built; a column mostly blank is no feature)."""
     values = [row.get(column) for row in rows[:_SAMPLE_ROWS]]
-    present = [v for v in values if v is not None and not (isinstance(v, str) and not v.strip())]
-    numbers = sum(_number(v) is not None for v in present)
-    return numbers > 0 and 2 * numbers >= len(present)
+    numbers = sum(number(v) is not None for v in values)
+    return numbers > 0 and 2 * numbers >= len(values)
 
 
 def _to_table(
@@ -224,14 +222,14 @@ def _to_table(
         for j, col in enumerate(features):
             if col not in row:
                 raise DataError(f"{path} line {line}: column {col!r} missing")
-            v = _number(row[col])
+            v = number(row[col])
             if v is None or not math.isfinite(v):
                 raise DataError(
                     f"{path} line {line}, column {col!r}: {row[col]!r} is not a finite number"
                 )
             x[i, j] = v
         if label_column is not None and labels is not None:
-            v = _number(row.get(label_column))
+            v = number(row.get(label_column))
             if v not in (0.0, 1.0):
                 raise DataError(
                     f"{path} line {line}, column {label_column!r}: label {row.get(label_column)!r} is not 0 or 1"
@@ -261,7 +259,7 @@ def _timestamps(
     path: Path, column: str | None, values: list[Any], rows: list[dict[str, Any]]
 ) -> np.ndarray:
     """Numbers stay numbers (epoch or row time); strings are parsed as ISO-8601 to datetime64[ms]."""
-    numbers = [_number(v) for v in values]
+    numbers = [number(v) for v in values]
     if all(n is not None for n in numbers):
         return np.array(numbers)
     out = np.empty(len(values), dtype="datetime64[ms]")

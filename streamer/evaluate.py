@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streamer.args import non_negative_int
+from streamer.args import ALERT_CAP_HELP, non_negative_int
 from streamer.baselines import BASELINE_KINDS, HalfSpaceTreesScorer, PCAScorer
 from streamer.config import BatchSettings, EventSettings, ThresholdSettings
+from streamer.data import number
 from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION
 from streamer.errors import DataError, StreamerError
 from streamer.gate import DEFAULT_GATE_Z, DEFAULT_LONG, DEFAULT_SHORT, gate_z_arg
@@ -119,27 +120,19 @@ class Series:
 def _read_row_labels(path: Path, n: int) -> np.ndarray:
     """A 0/1 label per line (an optional header line is skipped)."""
     values: list[int] = []
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:  # -sig: a byte-order mark is dropped
         for line_no, line in enumerate(fh, start=1):
             text = line.strip().split(",")[-1].strip()
             if not text:
                 continue
             if text not in ("0", "1"):
-                if line_no == 1 and not _is_number(text):
+                if line_no == 1 and number(text) is None:
                     continue  # a header line (a number other than 0 or 1 is a bad label)
                 raise DataError(f"{path} line {line_no}: label {text!r} is not 0 or 1")
             values.append(int(text))
     if len(values) != n:
         raise DataError(f"{path}: {len(values)} labels for {n} rows")
     return np.asarray(values, dtype=np.int8)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def load_nab(csv_path: str | Path, windows_json: str | Path | dict[str, Any]) -> Series:
@@ -656,12 +649,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"let alerting scores update the threshold (default {defaults_t.update_on_alert})",
     )
-    p.add_argument(
-        "--alert-cap",
-        type=float,
-        help="alerting scores enter the threshold capped at threshold x this "
-        f"(default {defaults_t.alert_cap}; 1 = the threshold itself, which then never rises)",
-    )
+    p.add_argument("--alert-cap", type=float, help=ALERT_CAP_HELP)
     p.add_argument(
         "--batch-size",
         type=int,
@@ -732,7 +720,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--decisions-out",
         type=Path,
-        help="CSV of row, score, threshold, alert for each test row (first model listed)",
+        help="CSV of row, score, threshold, alert, exceeds for each test row (first model listed)",
     )
     p.add_argument("--plot", type=Path, help="PNG of series, scores, threshold, alerts, labels")
     p.set_defaults(func=evaluate_command)
@@ -849,12 +837,6 @@ def evaluate_command(args: argparse.Namespace) -> int:
         series, kinds, spec, threshold, batch, events=events, keep_decisions=True
     )
     primary = results[0]
-    if args.decisions_out and primary.decisions is not None:
-        write_decisions(args.decisions_out, primary.decisions)
-    if args.plot:
-        from streamer.plotting import plot_series
-
-        plot_series(args.plot, series, [(r.kind, r.decisions) for r in results if r.decisions])
     payload = {
         "series": series.name,
         "n_train": len(series.train),
@@ -874,8 +856,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
         print(
             format_table([(r.kind, r.metrics) for r in results], nab=series.nab_windows is not None)
         )
-    if args.json_out:  # after the table, so that a bad path loses no result
+    # The files after the table, so that a bad path loses no result.
+    if args.json_out:
         write_text(args.json_out, text + "\n")
+    if args.decisions_out and primary.decisions is not None:
+        write_decisions(args.decisions_out, primary.decisions)
+    if args.plot:
+        from streamer.plotting import plot_series
+
+        plot_series(args.plot, series, [(r.kind, r.decisions) for r in results if r.decisions])
     return 0
 
 

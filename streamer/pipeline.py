@@ -125,6 +125,28 @@ def _needs_entities(scorer: ScorerLike, gate: AlertGate | None) -> bool:
     return scorer.window > 1 or gate is not None
 
 
+_INT64 = range(-(2**63), 2**64)  # the integers orjson reads as int; beyond, as float
+
+
+def _all_int64(keys: list[Any]) -> bool:
+    """Whether every int among ``keys`` (str and int) fits 64 bits; at C speed when all are ints."""
+    try:
+        return min(keys) in _INT64 and max(keys) in _INT64
+    except TypeError:  # str and int mixed
+        return all(k in _INT64 for k in keys if type(k) is int)
+
+
+def _plain(key: str | int) -> Hashable:
+    """A str or int key as the alert path sees it in the event orjson parsed: an integer beyond 64 bits
+    as the float orjson makes of it (msgspec, on the fast path, keeps it exact)."""
+    if type(key) is int and key not in _INT64:
+        try:
+            return _text(float(key))
+        except OverflowError:
+            return _text(key)
+    return key
+
+
 def _text(value: Any) -> str:
     """``str(value)`` of a JSON value; one nested too deep for ``str`` is named by its type alone."""
     try:
@@ -135,22 +157,13 @@ def _text(value: Any) -> str:
 
 def _alert_key(entity: Hashable) -> tuple[str | None, bytes | None]:
     """An alert's ``key`` and its Kafka key, from its (bounded) entity: the Kafka key is the entity's
-    bytes, the text tells any two entities apart (``key_text``)."""
+    bytes, and its text tells any two Kafka keys apart (``key_text``)."""
     if entity is None:
         return None, None
     if isinstance(entity, bytes):
         return key_text(entity), entity
     text = entity if isinstance(entity, str) else str(entity)
-    try:
-        return text, text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, as Python's json reads "\ud800"
-        raw = text.encode("utf-8", "surrogatepass")
-        return key_text(raw), raw
-
-
-def _utf8(text: str) -> str:
-    """``text`` with any lone surrogate replaced, so that it can be written as UTF-8."""
-    return text.encode("utf-8", "replace").decode("utf-8")
+    return text, text.encode("utf-8")  # JSON readers here refuse lone surrogates
 
 
 def _bound_entities(keys: list[Hashable]) -> list[Hashable]:
@@ -263,8 +276,12 @@ class Pipeline:
         return _needs_entities(self.scorer, self.gate)
 
     def _new_decoder(self, scorer: ScorerLike, gate: AlertGate | None) -> Decoder:
-        """Each event's key field is decoded only when every row's entity is needed."""
+        """Each event's key field is decoded only when every row's entity is needed, and not when it
+        is one of the features: the typed decoder reads those as floats (30.0 where the event, and so
+        the alert, has 30), so such entities come from the parsed events."""
         key = self.events.key_field if _needs_entities(scorer, gate) else None
+        if key in scorer.features:
+            key = None
         return Decoder(scorer.features, self.events.max_message_bytes, key_field=key)
 
     @staticmethod
@@ -464,7 +481,7 @@ class Pipeline:
         if field_name is not None:
             value = obj.get(field_name)
             if value is not None:
-                return _bound_entity(value if type(value) in (str, int) else _text(value))
+                return _bound_entity(_plain(value) if type(value) in (str, int) else _text(value))
         return _bound_entity(origin(index).key)
 
     def _entities(
@@ -483,11 +500,12 @@ class Pipeline:
                 return keys
             except TypeError:
                 pass
-            if set(map(type, keys)) <= _PLAIN_KEYS:
+            types = set(map(type, keys))
+            if types <= _PLAIN_KEYS and (int not in types or _all_int64(keys)):
                 return keys
             valid = decoded.valid.tolist()
             return [
-                k if type(k) in _PLAIN_KEYS else (origin(i).key if k is None else _text(k))
+                _plain(k) if type(k) in _PLAIN_KEYS else (origin(i).key if k is None else _text(k))
                 for i, k in zip(valid, keys, strict=True)
             ]
         valid = decoded.valid.tolist()
@@ -563,13 +581,8 @@ class Pipeline:
                 record = to_json(alert)
             except (PydanticSerializationError, RecursionError):
                 # An echo nested deeper than the serializer goes: the alert goes out without it.
-                # (Or a string with a lone surrogate, as Python's json reads "\ud800", which no
-                # UTF-8 writer takes: the time field is then given with it replaced.)
                 text = raw[: events.max_original_bytes].decode("utf-8", "replace")
-                update: dict[str, Any] = {"event": None, "event_truncated": text}
-                if isinstance(alert.event_time, str):
-                    update["event_time"] = _utf8(alert.event_time)
-                record = to_json(alert.model_copy(update=update))
+                record = to_json(alert.model_copy(update={"event": None, "event_truncated": text}))
             out.append((kafka_key, record))
         return out
 

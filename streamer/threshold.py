@@ -5,23 +5,24 @@ River's ``stats.RollingQuantile`` (exact over the last ``window`` scores; the se
 scores on held-back normal training data, so there is no blind warm-up.
 
 By default a score that raises an alert enters the estimate capped a little above the threshold it
-exceeded, at ``threshold + (alert_cap - 1) * |threshold|`` (``alert_cap`` 1.05), while alerts come at
-about their expected rate; once the last ``window`` scores hold more than 1.5 times the expected
-number of exceedances (30 of 2,000 at q = 0.99), further ones enter as the threshold itself:
+exceeded, at ``min(score, threshold + (alert_cap - 1) * |threshold|)`` (``alert_cap`` 1.05), while
+alerts come at about their expected rate; once the last ``max(window, 2000)`` scores hold more than 1.5
+times the expected number of exceedances (30 of 2,000 at q = 0.99), further ones enter as the
+threshold itself:
 
 - the exceedance still counts above the threshold, so the estimate does not sink as it would if
   alerts were left out (leaving out the top 1-q of every window makes a rolling quantile spiral down);
 - the small headroom keeps the estimate unbiased. Capped exactly at the threshold (``alert_cap`` 1), no
   stored score is ever above an earlier threshold, so a rolling quantile can only fall: on stationary
   scores at q = 0.99 its alert rate crept from 1.3 % to 2 % over 200,000 events. With the headroom it
-  stays at 1.0-1.1 %;
+  stays at 1.06-1.15 %;
 - an attack or an outage cannot lift the bar that detects it: its exceedances soon run above the
   expected rate and are clipped. The threshold is shared by every key, so a bar lifted by one key's
   outage would blind the detector to every other key: capped at 1.05 without the clipping, a sustained
   attack on 10 % of events lifted the threshold from 4.6 to 1,410 and the other events' alerts stopped
   altogether; with it, the threshold ended at 5.6 and every attack event alerted.
 
-A lasting rise of the normal scores is held off the same way (an alert rate of ~21 % after the scores
+A lasting rise of the normal scores is held off the same way (an alert rate of ~22 % after the scores
 tripled, where 1 % is expected): that is a model to retrain, or ``update_on_alert`` for a threshold
 that follows every score.
 """
@@ -37,8 +38,9 @@ from river import stats
 
 # P-square needs a few observations before its estimate means anything.
 _MIN_OBSERVATIONS = 5
-# Exceedances enter clipped to the threshold once the last `window` scores (this many with P-square)
-# hold more than _EXCESS times the (1 - q) * window expected.
+# Exceedances enter clipped to the threshold once the last max(window, _GUARD_SPAN) scores hold more
+# than _EXCESS times the (1 - q) * span expected. Counted over at least 2,000 scores: over a short
+# window (q = 0.99, window 50) fewer than one exceedance is expected, and every one would be clipped.
 _GUARD_SPAN = 2_000
 _EXCESS = 1.5
 
@@ -71,7 +73,7 @@ class QuantileThreshold:
         self.update_on_alert = update_on_alert
         self.alert_cap = alert_cap
         # The event numbers of the exceedances among the last `_span` scores, oldest first.
-        self._span = window or _GUARD_SPAN
+        self._span = max(window or 0, _GUARD_SPAN)
         self._allowed = _EXCESS * (1.0 - q) * self._span
         self._recent: deque[int] = deque()
         self._estimator: stats.Quantile | stats.RollingQuantile = (
@@ -103,8 +105,8 @@ class QuantileThreshold:
         value = self._estimate()
         return float("inf") if value is None else float(value)
 
-    def _entered(self, threshold: float, event: int) -> float:
-        """What the exceedance of ``threshold`` by the ``event``-th score enters the estimate as."""
+    def _entered(self, score: float, threshold: float, event: int) -> float:
+        """What ``score``, the ``event``-th and over ``threshold``, enters the estimate as."""
         recent = self._recent
         recent.append(event)
         oldest = event - self._span
@@ -112,7 +114,7 @@ class QuantileThreshold:
             recent.popleft()
         if len(recent) > self._allowed:
             return threshold
-        return threshold + (self.alert_cap - 1.0) * abs(threshold)
+        return min(score, threshold + (self.alert_cap - 1.0) * abs(threshold))
 
     def decide(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per score in order: the threshold it was compared with, and whether it exceeded it.
@@ -120,7 +122,10 @@ class QuantileThreshold:
         Each score updates the estimate before the next is compared (unless it alerted and
         ``update_on_alert`` is off), exactly as if the events had arrived one by one.
         """
-        values = np.asarray(scores, dtype=np.float64).tolist()
+        array = np.asarray(scores, dtype=np.float64)
+        if not np.isfinite(array).all():  # River's core panics on NaN; Pipeline drops them first
+            raise ValueError("scores must be finite")
+        values = array.tolist()
         thresholds: list[float] = []
         record = thresholds.append
         update, estimate = self._update, self._estimate
@@ -132,7 +137,7 @@ class QuantileThreshold:
         while i < len(values) and n_seen < _MIN_OBSERVATIONS:  # until the estimate means anything
             s = values[i]
             record(current)
-            update(entered(current, n_seen) if clip and s > current else s)
+            update(entered(s, current, n_seen) if clip and s > current else s)
             n_seen += 1
             if n_seen >= _MIN_OBSERVATIONS:
                 got = estimate()
@@ -148,7 +153,7 @@ class QuantileThreshold:
             first = self.n_seen - 1  # + len(thresholds): the number of the event just recorded
             for s in rest:
                 record(current)
-                update(s if s <= current else entered(current, first + len(thresholds)))
+                update(entered(s, current, first + len(thresholds)) if s > current else s)
                 current = estimate_now()
         else:
             for s in rest:
@@ -157,7 +162,7 @@ class QuantileThreshold:
                 current = estimate_now()
         self.n_seen = n_seen + len(rest)
         out = np.array(thresholds, dtype=np.float64)
-        return out, np.asarray(scores, dtype=np.float64) > out
+        return out, array > out
 
 
 def _methods(

@@ -151,17 +151,24 @@ def test_sample_writes_events_in_original_units(csv_path: Path, frame, tmp_path:
     assert again.read_bytes() == out.read_bytes()  # the seed makes it reproducible
 
 
-def test_sample_in_chunks_is_one_stream(csv_path: Path, tmp_path: Path) -> None:
-    """`sample -n` held every event in memory at once (~250 bytes each); it now draws in chunks, from
-    one generator, so the first events do not depend on how many follow."""
+def test_sample_draws_in_blocks_and_its_first_events_do_not_depend_on_how_many(
+    csv_path: Path, tmp_path: Path
+) -> None:
+    """`sample -n` held every event in memory at once (~250 bytes each); it now draws a block at a
+    time, and whole blocks, so that a longer run begins with the shorter one."""
     from models import load_checkpoint
+    from models.scorer import SAMPLE_BLOCK
 
     ckpt = tmp_path / "v.safetensors"
     train(csv_path, ckpt, "--model", "vae")
     scorer = load_checkpoint(ckpt)
-    chunks = list(scorer.sample_chunks(25, seed=5, chunk=10))
-    assert [len(c) for c in chunks] == [10, 10, 5]
-    np.testing.assert_array_equal(np.concatenate(chunks)[:10], scorer.sample(10, seed=5))
+    n = SAMPLE_BLOCK + 5
+    chunks = list(scorer.sample_chunks(n, seed=5))
+    assert [len(c) for c in chunks] == [SAMPLE_BLOCK, 5]
+    longer = np.concatenate(chunks)
+    np.testing.assert_array_equal(longer[:10], scorer.sample(10, seed=5))
+    np.testing.assert_array_equal(longer, scorer.sample(n, seed=5))
+    assert not np.array_equal(longer[:10], scorer.sample(10, seed=6))
 
 
 @pytest.mark.parametrize("size", ["0", "-1"])

@@ -484,3 +484,29 @@ def test_swap_to_a_windowed_model_decodes_the_key_field_as_a_fresh_pipeline_does
     pipeline.swap_model(SquareScorer(window=3, version="v2"))
     fresh = make(SquareScorer(window=3), key_field="id")
     assert pipeline.decoder.key_field == fresh.decoder.key_field == "id"
+
+
+@pytest.mark.parametrize(
+    ("key_field", "raw", "entity"),
+    [
+        ("x", b'{"x":30,"y":1,"z":1}', 30),  # the key field is a feature: msgspec read 30.0
+        (
+            "id",
+            b'{"x":30,"y":1,"z":1,"id":123456789012345678901234567890}',
+            "1.2345678901234568e+29",
+        ),
+    ],
+    ids=["key-is-a-feature", "int-beyond-64-bits"],
+)
+def test_an_events_entity_is_the_same_on_both_decode_paths_and_in_its_alert(
+    key_field: str, raw: bytes, entity: object
+) -> None:
+    """The gate's and windows' entity came from msgspec on the fast path and from orjson on the slow
+    one, which a malformed neighbour picks: '30.0' or 30, an exact int or a float."""
+    for neighbour in (b'{"x":0.1,"y":0.1,"z":0.1}', b"{oops"):
+        pipeline = make(SquareScorer(window=3), key_field=key_field)
+        batch = [message(0, {}, raw=raw), message(1, {}, raw=neighbour)]
+        decoded = pipeline.decoder.decode([m.value for m in batch])
+        assert pipeline._entities(batch.__getitem__, decoded)[0] == entity, neighbour
+        result = pipeline.process_messages(batch)
+        assert Alert.model_validate_json(result.alerts[0][1]).key == str(entity)

@@ -60,6 +60,27 @@ def test_exceedances_at_their_expected_rate_may_lift_the_bar_a_burst_may_not() -
     assert alerts[::10].all() and t.get() < 1.3 * drifted
 
 
+def test_an_exceedance_enters_as_at_most_its_own_score_and_nan_is_refused() -> None:
+    """The cap is an upper bound: a score that beats the bar by a hair entered 5 % above itself, so
+    the threshold could rise above every score seen. A NaN is refused (the pipeline drops them)."""
+    t = QuantileThreshold(0.9, window=100, initial_scores=np.linspace(0.0, 1.0, 100))
+    t.decide(np.full(5_000, 1.0001))  # each just over the bar at first, then level with it
+    assert t.get() <= 1.0001
+    with pytest.raises(ValueError, match="finite"):  # River's core panicked on NaN
+        t.decide(np.array([0.5, np.nan]))
+
+
+def test_a_window_too_short_for_its_quantile_is_refused() -> None:
+    """q = 0.99 over 50 scores alerted on 19 % of stationary events: the estimate sits at the
+    window's maximum. The settings ask for at least 10 expected exceedances in the window."""
+    from streamer.config import ThresholdSettings
+
+    with pytest.raises(ValueError, match="window >= 1000"):
+        ThresholdSettings(q=0.99, window=50)
+    assert ThresholdSettings(q=0.99, window=1_000).window == 1_000
+    assert ThresholdSettings(q=0.999, window=0).window is None
+
+
 @pytest.mark.parametrize("cap", [0.99, 0.0, float("inf"), float("nan")])
 def test_alert_cap_is_validated(cap: float) -> None:
     with pytest.raises(ValueError, match="alert_cap"):
