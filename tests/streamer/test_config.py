@@ -117,6 +117,7 @@ def test_session_timeouts_a_default_kafka_broker_refuses_are_rejected(ms: int) -
         "session.timeout.ms",
         "partition.assignment.strategy",
         "enable.idempotence",
+        "metadata.broker.list",  # librdkafka's alias of bootstrap.servers
     ],
 )
 def test_librdkafka_keys_the_detector_sets_cannot_be_given_in_extra(key: str) -> None:

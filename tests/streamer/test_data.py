@@ -253,6 +253,8 @@ def test_one_odd_value_in_the_first_row_does_not_drop_a_column(tmp_path: Path, f
         load_table(path)
     text = write_csv(tmp_path / "t.csv", "id,v\nx1,1\n7,2\nx3,3\n")
     assert load_table(text).features == ["v"]  # a text column with a stray number is no feature
+    sparse = write_csv(tmp_path / "s.csv", "v,note\n1,5\n" + "2,\n" * 20)
+    assert load_table(sparse).features == ["v"]  # a column mostly blank is no feature
 
 
 def test_windows_json_of_the_wrong_shape_is_a_clear_error(tmp_path: Path) -> None:

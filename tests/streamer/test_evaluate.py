@@ -515,6 +515,8 @@ def test_row_labels_file_skips_only_a_text_header(tmp_path: Path) -> None:
         evaluate._read_row_labels(path, 4)
     path.write_text("label\n" + "0\n" * 4)
     assert evaluate._read_row_labels(path, 4).tolist() == [0, 0, 0, 0]
+    path.write_text("1\n0\n0\n1\n", encoding="utf-8-sig")  # a BOM made '\ufeff1' a "header"
+    assert evaluate._read_row_labels(path, 4).tolist() == [1, 0, 0, 1]
 
 
 def test_json_out_into_a_new_folder_is_written_after_the_table(
@@ -535,6 +537,9 @@ def test_json_out_into_a_new_folder_is_written_after_the_table(
     args = ["evaluate", "--test", str(data), "--label-column", "label", "--train-fraction", "0.5"]
     assert main([*args, "--model", "pca", "--no-baselines", "--json-out", str(out)]) == 0
     assert "pca" in capsys.readouterr().out and json.loads(out.read_text())["detectors"]
+    # a bad --decisions-out (a folder) fails after the table too
+    assert main([*args, "--model", "pca", "--no-baselines", "--decisions-out", str(tmp_path)]) == 2
+    assert "pca" in capsys.readouterr().out
     missing = tmp_path / "nowhere.txt"
     assert (
         main(["evaluate", "--test", str(data), "--labels", str(missing), "--train-fraction", "0.5"])
