@@ -807,7 +807,6 @@ def evaluate_command(args: argparse.Namespace) -> int:
         from streamer.suites import run_suite_command
 
         single = {
-            "--test": args.test,
             "--train": args.train,
             "--train-fraction": args.train_fraction,
             "--label-column": args.label_column,
