@@ -178,7 +178,7 @@ class ThresholdSettings(_Section):
         """A rolling q-quantile needs room for the tail it estimates: at least 10 expected
         exceedances in the window. With fewer, the estimate sits near the window's maximum and the
         alert rate is far above 1 - q (q = 0.99: 19 % with 50 scores, 7 % with 200, 1.1 % with 2,000)."""
-        if self.window is not None and self.window * (1.0 - self.q) < _MIN_EXCEEDANCES:
+        if self.window is not None and self.window * (1.0 - self.q) < _MIN_EXCEEDANCES - 1e-9:
             least = math.ceil(_MIN_EXCEEDANCES / (1.0 - self.q) - 1e-9)
             raise ValueError(
                 f"a window of {self.window} scores holds {self.window * (1.0 - self.q):g} expected "

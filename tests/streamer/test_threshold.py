@@ -78,6 +78,7 @@ def test_a_window_too_short_for_its_quantile_is_refused() -> None:
     with pytest.raises(ValueError, match="window >= 1000"):
         ThresholdSettings(q=0.99, window=50)
     assert ThresholdSettings(q=0.99, window=1_000).window == 1_000
+    assert ThresholdSettings(q=0.9, window=100).window == 100  # 100 x (1 - 0.9) is 9.999... in floats
     assert ThresholdSettings(q=0.999, window=0).window is None
 
 
