@@ -29,3 +29,14 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """An integer of at least 0."""
     return _int(text, 0, "0 or more")
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, got {text}")
+    return value

@@ -105,6 +105,20 @@ class BenchConfig:
             raise ValueError(f"seconds and rate must be > 0, got {self.seconds}, {self.rate}")
         if self.events < 1_000 or self.rounds < 1 or not self.pass_s > 0 or self.threads < 1:
             raise ValueError("need events >= 1000, rounds >= 1, pass_s > 0 and threads >= 1")
+        if not 0 <= self.fetch_wait_ms <= 300_000:
+            raise ValueError(f"fetch_wait_ms must be 0 to 300000, got {self.fetch_wait_ms}")
+        # The detector's own settings, checked now rather than after the in-process figures.
+        from pydantic import ValidationError
+
+        from streamer.config import BatchSettings, EventSettings, ThresholdSettings, describe
+
+        batch = {"max_events": self.batch_events, "max_wait_ms": self.max_wait_ms}
+        try:
+            ThresholdSettings(**_threshold_overrides(self))
+            EventSettings(**_events_overrides(self))
+            BatchSettings(**{k: v for k, v in batch.items() if v is not None})
+        except ValidationError as exc:
+            raise ValueError(describe(exc)) from None
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:

@@ -5,8 +5,10 @@ Used by ``streamer demo``, ``streamer bench`` and the integration tests; product
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,6 +42,7 @@ class EmbeddedBroker:
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.start_timeout_s = start_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
+        self._previous_sigterm: Any = None
 
     def start(self) -> EmbeddedBroker:
         url = f"tcp://{self.bootstrap}"
@@ -76,12 +79,27 @@ class EmbeddedBroker:
         create_topics({"bootstrap.servers": self.bootstrap}, names, partitions)
 
     def __enter__(self) -> EmbeddedBroker:
+        # The broker runs in its own session, so a SIGTERM (timeout, CI, docker stop) reaches only
+        # this process, whose default action would leave the broker running: while the block runs, a
+        # SIGTERM unwinds it as Ctrl-C does, and the broker (and what else the block started) stops.
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            if self._previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+                self._previous_sigterm = None
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def create_topics(client_config: dict[str, Any], names: Iterable[str], partitions: int = 3) -> None:
@@ -93,4 +111,5 @@ def create_topics(client_config: dict[str, Any], names: Iterable[str], partition
             future.result(timeout=30)
         except Exception as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
-                raise BrokerError(f"cannot create topic {name!r}: {exc}") from exc
+                why = str(exc) or f"{type(exc).__name__}: no answer from the broker within 30 s"
+                raise BrokerError(f"cannot create topic {name!r}: {why}") from exc

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from models.errors import ModelError
-from streamer.args import ALERT_CAP_HELP
+from streamer.args import ALERT_CAP_HELP, non_negative_float, positive_int
 from streamer.errors import StreamerError
 
 if TYPE_CHECKING:
@@ -201,8 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="consume events, score them, publish alerts")
     _add_run_flags(p)
-    p.add_argument("--max-events", type=int, help="stop after N events are processed and committed")
-    p.add_argument("--idle-exit", type=float, help="stop after S seconds without input")
+    p.add_argument(
+        "--max-events", type=positive_int, help="stop after N events are processed and committed"
+    )
+    p.add_argument(
+        "--idle-exit", type=non_negative_float, help="stop after S seconds without input"
+    )
     p.add_argument("--create-topics", action="store_true", help="create missing topics at start")
     p.set_defaults(func=cmd_run)
 

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
 )
@@ -51,6 +52,10 @@ _OWN_KEYS = {
 }
 
 
+# Kafka's own rule for topic names (at most 249 of these characters; not "." or "..").
+TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -60,11 +65,11 @@ class KafkaSettings(_Section):
 
     bootstrap_servers: str = "localhost:9092"
     group_id: str = "ae-streamer"
-    input_topics: list[str] = Field(default_factory=lambda: ["events"], min_length=1)
-    alert_topic: str = "alerts"
-    dead_letter_topic: str = "dead-letters"
+    input_topics: list[TopicName] = Field(default_factory=lambda: ["events"], min_length=1)
+    alert_topic: TopicName = "alerts"
+    dead_letter_topic: TopicName = "dead-letters"
     # Optional: one small record per scored event (offset, score, threshold, alert) for audits and dashboards.
-    scores_topic: str | None = None
+    scores_topic: TopicName | None = None
     # From Kafka's default group.min.session.timeout.ms (6 s; below it a broker refuses the group join,
     # and the consumer would wait for partitions that never come) to librdkafka's max.poll.interval.ms
     # (300 s), which the session timeout may not exceed.
@@ -285,6 +290,27 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
 
 
+class _GivenOnly(Settings):
+    """Settings from the values given and the defaults, never the environment."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def settings_without_environment(data: dict[str, Any]) -> Settings:
+    """The settings ``data`` gives over the defaults, whatever ``STREAMER_*`` variables are set (the
+    demo runs what it says, wherever it is started)."""
+    return _GivenOnly(**data)
+
+
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
@@ -305,7 +331,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def _describe(exc: ValidationError) -> str:
+def describe(exc: ValidationError) -> str:
     """One line per error naming the dotted key; input values are left out so secrets never leak."""
     lines = []
     for err in exc.errors(include_input=False, include_url=False):
@@ -341,7 +367,7 @@ def load_settings(
         # model_validate checks the merged data without reading the environment a second time.
         return Settings.model_validate(_deep_merge(_deep_merge(file_data, env_data), cli))
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(describe(exc)) from None
     except SettingsError:  # a variable of a list or mapping setting that is not JSON
         raise ConfigError(_describe_env(prefix)) from None
 

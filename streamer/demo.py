@@ -51,7 +51,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from models import TrainConfig, load_checkpoint, train
     from streamer.broker import EmbeddedBroker
     from streamer.cli import set_torch_threads
-    from streamer.config import load_settings
+    from streamer.config import settings_without_environment
     from streamer.kafka_io import read_topic
     from streamer.logs import configure_logging
     from streamer.runner import Detector
@@ -99,8 +99,9 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             broker.bootstrap, "events", events, labels_out=labels_path, producer_config=_QUIET
         )
 
-        settings = load_settings(
-            None,
+        # Only these settings and the defaults: the user's STREAMER_* environment (another alert
+        # topic, SASL, ...) must not change what the demo runs or where it reads its results.
+        settings = settings_without_environment(
             {
                 "kafka": {
                     "bootstrap_servers": broker.bootstrap,
@@ -120,7 +121,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 },
                 "threshold": {"q": config.q, "window": None},
                 "log": {"level": "WARNING"},
-            },
+            }
         )
         _say(config, "running the detector ...")
         detector = Detector(settings, load_checkpoint(ckpt, device="auto"))

@@ -41,7 +41,7 @@ from confluent_kafka import Message as KafkaMessage
 from streamer.alerts import bound_key, shrink
 from streamer.batching import MicroBatcher
 from streamer.config import Settings
-from streamer.errors import DeliveryError
+from streamer.errors import BrokerError, DeliveryError
 from streamer.kafka_io import client
 from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
 from streamer.reload import ModelWatcher
@@ -292,6 +292,12 @@ class Detector:
                 else:
                     self._maybe_commit()  # what the last batches stored, once the interval is up
                     if idle_exit_s is not None and self._idle_s(last_input) >= idle_exit_s:
+                        if self._assigned_at is None:  # not idle: never reached its topics
+                            raise BrokerError(
+                                f"no partition of {kafka.input_topics} was assigned within "
+                                f"{time.monotonic() - start:.0f} s: is {kafka.bootstrap_servers} "
+                                "reachable, and do the topics exist?"
+                            )
                         log.info("idle_exit", idle_s=round(time.monotonic() - last_input, 3))
                         break
                 self._maybe_swap_model()

@@ -569,6 +569,9 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
     "batch.size": 1_000_000,
     "queue.buffering.max.messages": 200_000,
     "acks": "all",
+    # An unreachable broker fails the run within a minute, however many events are queued
+    # (librdkafka's default is 5 minutes a message).
+    "message.timeout.ms": 60_000,
 }
 
 
@@ -593,6 +596,8 @@ def produce(
     """
     if rate is not None and not rate > 0:
         raise ValueError(f"rate must be > 0 events/s, got {rate}")
+    from confluent_kafka import KafkaException
+
     client: Any = producer
     if client is None:
         from confluent_kafka import Producer
@@ -643,6 +648,12 @@ def produce(
                     break
                 except BufferError:
                     client.poll(0.05)  # local queue full: serve delivery reports, then retry
+                    if errors:
+                        break
+                except KafkaException as exc:  # e.g. a topic the broker does not have
+                    raise DeliveryError(f"cannot produce to {topic!r}: {exc.args[0]}") from None
+            if errors:
+                break
             count += 1
             client.poll(0)
             if errors:

@@ -24,16 +24,81 @@ def test_train_from_topic_skips_bad_rows_then_encode_to_topic(kit, tmp_path: Pat
     config = tmp_path / "streamer.toml"
     config.write_text(f'[kafka]\nbootstrap_servers = "{kit.bootstrap}"\n')
     source = ["--from-topic", names["in"], "--config", str(config), "--max-events", "2000"]
-    assert main(["train", *source, "--features", features, "--out", str(ckpt), "--epochs", "3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *source,
+                "--features",
+                features,
+                "--out",
+                str(ckpt),
+                "--epochs",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     scorer = load_checkpoint(ckpt)
     assert scorer.features == SimConfig().features
     summary = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["rows"] == sum(not e.malformed for e in stream)  # malformed rows skipped, not trained on
+    assert summary["rows"] == sum(
+        not e.malformed for e in stream
+    )  # malformed rows skipped, not trained on
 
     csv_path = tmp_path / "rows.csv"
-    csv_path.write_text("temperature,pressure,vibration,current,voltage,rpm\n" + "60,2.3,2.5,14,230,1200\n" * 5)
+    csv_path.write_text(
+        "temperature,pressure,vibration,current,voltage,rpm\n" + "60,2.3,2.5,14,230,1200\n" * 5
+    )
     sink = ["--to-topic", names["scores"], "--bootstrap", kit.bootstrap]
     assert main(["encode", "--model", str(ckpt), "--data", str(csv_path), *sink]) == 0
     records = kit.read(names["scores"])
     assert [r["row"] for r in records] == list(range(5))
     assert all(len([k for k in r if k.startswith("z")]) == scorer.latent_dim for r in records)
+
+
+def test_producing_to_a_topic_the_broker_does_not_have_is_a_clear_error(kit) -> None:
+    """With topic auto-creation off (as in the compose stack's Kafka), librdkafka soon refuses every
+    produce() to a missing topic: that KafkaException escaped `streamer simulate` as a traceback."""
+    from streamer.errors import DeliveryError
+
+    conf = {"allow.auto.create.topics": False, "topic.metadata.propagation.max.ms": 200}
+    events = generate(2_000, SimConfig(seed=1))
+    with pytest.raises(DeliveryError, match="cannot produce to 'no-such-topic'"):
+        produce(kit.bootstrap, "no-such-topic", events, rate=1_000, producer_config=conf)
+
+
+def test_sigterm_stops_the_embedded_broker_as_ctrl_c_does(tmp_path: Path) -> None:
+    """`streamer demo` and `streamer bench` killed with SIGTERM (timeout, CI, docker stop) left their
+    Tansu broker running: it runs in its own session, so the signal reached only the parent."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import time\n"
+        "from streamer.broker import EmbeddedBroker\n"
+        "with EmbeddedBroker() as b:\n"
+        "    print(b.port, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(child.stdout.readline())  # type: ignore[union-attr]
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()  # the broker is up
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=20) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            except OSError:
+                break  # nothing listens any more
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the broker on port {port} outlived its parent")
+    finally:
+        child.kill()

@@ -129,3 +129,22 @@ def test_bench_models_score_their_held_back_normal_rows(kind: str) -> None:
 def test_stamp_puts_the_send_time_first() -> None:
     value = orjson.dumps({"a": 1})
     assert orjson.loads(stamp(value, 123)) == {STAMP_FIELD: 123, "a": 1}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"batch_events": 0},
+        {"batch_events": -5},
+        {"max_wait_ms": -1},
+        {"fetch_wait_ms": -1},
+        {"threshold_window": 5},
+    ],
+)
+def test_bench_settings_are_checked_before_anything_runs(bad: dict) -> None:
+    """A negative batch size crashed after the in-process figures (AssertionError: cycle() never ends),
+    0 was measured as 5,000, and --fetch-wait-ms -1 failed as a librdkafka traceback."""
+    from streamer.bench import BenchConfig
+
+    with pytest.raises(ValueError):
+        BenchConfig(**bad)

@@ -211,3 +211,16 @@ def test_bad_checkpoint_is_refused_by_run(
     bad.write_bytes(b"\x80\x04\x95not a checkpoint")
     assert main(["run", "--model", str(bad), "--bootstrap", "127.0.0.1:9"]) == 2
     assert "bad.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--max-events", "0"], ["--max-events", "-5"], ["--idle-exit", "-1"], ["--idle-exit", "nan"]],
+)
+def test_run_refuses_counts_and_durations_that_mean_nothing(
+    flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--max-events -5 exited 0 at once with nothing read; --idle-exit nan never idle-exited."""
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--bootstrap", "127.0.0.1:9", *flags])
+    assert info.value.code == 2 and flags[0] in capsys.readouterr().err

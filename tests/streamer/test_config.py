@@ -178,3 +178,26 @@ def test_unknown_librdkafka_property_is_a_config_error_without_the_secret() -> N
     with pytest.raises(ConfigError, match=r"no\.such\.property") as info:
         Detector(settings, Stub())
     assert "hunter2" not in str(info.value)
+
+
+def test_settings_without_environment_ignore_streamer_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`streamer demo` took STREAMER_KAFKA__ALERT_TOPIC from the user's environment, published its
+    alerts there, read back 'alerts' and reported 0 alerts (exit 0)."""
+    from streamer.config import settings_without_environment
+
+    monkeypatch.setenv("STREAMER_KAFKA__ALERT_TOPIC", "prod-alerts")
+    monkeypatch.setenv("STREAMER_THRESHOLD__Q", "0.95")
+    given = settings_without_environment({"threshold": {"q": 0.9}})
+    assert given.kafka.alert_topic == "alerts" and given.threshold.q == 0.9
+    assert load_settings().kafka.alert_topic == "prod-alerts"  # the service still reads it
+
+
+@pytest.mark.parametrize("topic", ["", "bad topic!", "x" * 250])
+def test_topic_names_kafka_refuses_are_config_errors(topic: str) -> None:
+    """`run --input-topic ''` raised KafkaException from subscribe() as a traceback."""
+    with pytest.raises(ConfigError, match="input_topics"):
+        load_settings(None, {"kafka": {"input_topics": [topic]}})
+    with pytest.raises(ConfigError, match="alert_topic"):
+        load_settings(None, {"kafka": {"alert_topic": topic}})

@@ -208,3 +208,23 @@ def test_idleness_counts_from_the_last_assignment_and_waits_for_the_first() -> N
     d._assigned_at -= 30  # the assignment was 30 s ago
     d._on_assign(d.consumer, [])  # an empty incremental assignment is not a new one
     assert d._idle_s(now - 60) == pytest.approx(30, abs=0.5)
+
+
+def test_idle_exit_before_any_assignment_is_an_error_not_a_drained_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`run --idle-exit` against an unreachable broker or a missing topic exited 0 with 'stopped
+    events=0', which a script cannot tell from a drained topic."""
+    from streamer.errors import BrokerError
+
+    settings = load_settings(
+        None,
+        {
+            "kafka": {"bootstrap_servers": "127.0.0.1:9", "extra": {"log_level": "0"}},
+            "log": {"level": "WARNING"},
+        },
+    )
+    d = Detector(settings, SquareScorer())
+    monkeypatch.setattr(d, "_idle_s", lambda last_input: 10**6)  # past any wait at once
+    with pytest.raises(BrokerError, match=r"no partition of \['events'\] was assigned"):
+        d.run(idle_exit_s=1)
