@@ -66,6 +66,11 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         normal_prefix=config.train_events,
     )
     events = list(generate(config.events, sim))
+    if not any(e.label for e in events):  # nothing to find: precision and recall would mean nothing
+        raise ValueError(
+            f"{config.events} events hold no labelled anomaly after the {config.train_events} "
+            "normal ones the model trains on; give more events"
+        )
     features = list(sim.features)
     prefix = [orjson.loads(e.value) for e in events[: config.train_events] if not e.malformed]
     x_train = np.array([[row[f] for f in features] for row in prefix], dtype=np.float32)

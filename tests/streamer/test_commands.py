@@ -224,3 +224,10 @@ def test_run_refuses_counts_and_durations_that_mean_nothing(
     with pytest.raises(SystemExit) as info:
         main(["run", "--bootstrap", "127.0.0.1:9", *flags])
     assert info.value.code == 2 and flags[0] in capsys.readouterr().err
+
+
+def test_demo_with_no_anomaly_to_find_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """`demo --events 10100` ran and reported success with precision 0 and recall NaN: after the
+    10,000 normal training events, 100 held no labelled anomaly. No broker is started for it."""
+    assert main(["demo", "--events", "10050"]) == 2
+    assert "no labelled anomaly" in capsys.readouterr().err
