@@ -347,8 +347,9 @@ def _plan(
         kind = order[len(kinds) % len(order)]
         lo, hi = _SPAN[kind]
         length = int(rng.integers(lo, hi + 1))
-        # The last one may overshoot the target by at most half its length, else it is left out.
-        if kinds and sum(lengths) + length - target > length / 2:
+        # The last one may overshoot the target by at most half its length, else it is left out (the
+        # first too: on a short stream one long anomaly would be far more than the rate asks for).
+        if sum(lengths) + length - target > length / 2:
             break
         kinds.append(kind)
         lengths.append(length)
