@@ -95,6 +95,13 @@ def load_table(
 
 
 def _read_csv(path: Path, max_rows: int | None) -> tuple[list[str], list[dict[str, Any]]]:
+    try:
+        return _read_csv_text(path, max_rows)
+    except UnicodeDecodeError as exc:  # decoded a block at a time: find the line
+        raise DataError(f"{path} line {_first_bad_line(path)}: {exc}") from exc
+
+
+def _read_csv_text(path: Path, max_rows: int | None) -> tuple[list[str], list[dict[str, Any]]]:
     with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a byte-order mark is dropped
         reader = csv.reader(fh)
         try:
@@ -103,8 +110,6 @@ def _read_csv(path: Path, max_rows: int | None) -> tuple[list[str], list[dict[st
             raise DataError(f"{path}: empty file, expected a header row") from None
         except csv.Error as exc:
             raise DataError(f"{path} line 1: {exc}") from exc
-        except UnicodeDecodeError as exc:  # decoded a block at a time: find the line
-            raise DataError(f"{path} line {_first_bad_line(path)}: {exc}") from exc
         header = [h.strip() for h in header]
         if len(set(header)) != len(header):
             raise DataError(f"{path}: duplicate column names in header {header}")
@@ -122,8 +127,6 @@ def _read_csv(path: Path, max_rows: int | None) -> tuple[list[str], list[dict[st
                     break
         except csv.Error as exc:
             raise DataError(f"{path}: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path} line {_first_bad_line(path)}: {exc}") from exc
     return header, rows
 
 

@@ -59,12 +59,9 @@ class DecodedBatch:
         return obj if type(obj) is dict else self.fallback_event(i)
 
     def fallback_event(self, i: int) -> dict[str, Any]:
-        """Row ``i`` as far as the typed decoder read it, for an event that no JSON reader rebuilds
-        (nesting deeper than Python's recursion allows): its features and its key field."""
-        obj: dict[str, Any] = dict(zip(self.features, self.x[i].tolist(), strict=True))
-        if self.key_field is not None and self.keys is not None:
-            obj[self.key_field] = self.keys[i]
-        return obj
+        """Row ``i`` as far as the typed decoder read it (see ``_typed_event``)."""
+        key = self.keys[i] if self.keys is not None else None
+        return _typed_event(self.features, self.x[i].tolist(), self.key_field, key)
 
     def take(self, rows: np.ndarray) -> DecodedBatch:
         """Only ``rows`` (indices into the valid rows), in that order; ``rejected`` as it is."""
@@ -94,7 +91,9 @@ class Decoder:
             raise ValueError(f"max_message_bytes must be positive, got {max_message_bytes}")
         self.features = tuple(features)
         self.max_message_bytes = max_message_bytes
-        self.key_field = key_field
+        # A key field that is one of the features is not decoded as a key: the typed decoder reads it
+        # as a float (30.0 where the event, and orjson, have 30), so such keys come from the events.
+        self.key_field = key_field = None if key_field in self.features else key_field
         getter = itemgetter(*self.features)
         # itemgetter of one name returns a scalar; keep rows as tuples either way.
         self._pick = getter if len(self.features) > 1 else (lambda obj: (getter(obj),))
@@ -103,7 +102,7 @@ class Decoder:
         attrs = [f"f{i}" for i in range(len(self.features))]
         spec: list[Any] = [(a, float) for a in attrs]
         rename = dict(zip(attrs, self.features, strict=True))
-        if key_field is not None and key_field not in self.features:
+        if key_field is not None:
             spec.append(("key", Any, None))
             rename["key"] = key_field
         event_type = msgspec.defstruct("Event", spec, rename=rename, gc=False)
@@ -119,13 +118,7 @@ class Decoder:
         else:
             only = attrgetter("f0")
             self._typed_row = lambda e: (only(e),)
-        self._typed_key: Any = None
-        if key_field is not None:
-            self._typed_key = (
-                attrgetter("key")
-                if key_field not in self.features
-                else attrgetter(attrs[self.features.index(key_field)])
-            )
+        self._typed_key: Any = None if key_field is None else attrgetter("key")
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         """Decode a batch: the fast path when every message parses to an object with all features;
@@ -257,10 +250,11 @@ class Decoder:
             return None
         obj = _lenient_loads(value)
         if type(obj) is not dict:
-            obj = dict(zip(self.features, row, strict=True))
+            key = None
             if self._typed_key is not None:
                 with contextlib.suppress(msgspec.DecodeError, RecursionError):
-                    obj[cast(str, self.key_field)] = self._typed_key(self._typed.decode(value))
+                    key = self._typed_key(self._typed.decode(value))
+            obj = _typed_event(self.features, row, self.key_field, key)
         return obj, row
 
     def _to_matrix(self, rows: list[tuple[Any, ...]]) -> tuple[np.ndarray, np.ndarray]:
@@ -312,6 +306,17 @@ def concat(parts: Sequence[tuple[int, DecodedBatch]]) -> DecodedBatch:
         features=next((p.features for p in batches if p.features), ()),
         key_field=next((p.key_field for p in batches if p.key_field), None),
     )
+
+
+def _typed_event(
+    features: Sequence[str], row: Sequence[Any], key_field: str | None, key: Any
+) -> dict[str, Any]:
+    """An event as far as the typed decoder read it, for one that no JSON reader rebuilds (nesting
+    deeper than Python's recursion allows): its features, and its key field where it has one."""
+    obj: dict[str, Any] = dict(zip(features, row, strict=True))
+    if key_field is not None and key is not None:
+        obj[key_field] = key
+    return obj
 
 
 def _parse_int(text: str) -> int | float:

@@ -44,15 +44,15 @@ def encode_command(args: argparse.Namespace) -> int:
         _encode_to_topic(args, codes, columns, table.entities)
     elif args.out.suffix not in (".npy", ".csv"):
         raise DataError(f"--out must end in .npy or .csv, got {args.out}")
-    elif args.out.suffix == ".npy":
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(args.out, codes, allow_pickle=False)
     else:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["row", *columns])
-            writer.writerows([i, *map(float, row)] for i, row in enumerate(codes))
+        if args.out.suffix == ".npy":
+            np.save(args.out, codes, allow_pickle=False)
+        else:
+            with args.out.open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["row", *columns])
+                writer.writerows([i, *map(float, row)] for i, row in enumerate(codes))
     print(
         orjson.dumps(
             {

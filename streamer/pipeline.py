@@ -276,12 +276,9 @@ class Pipeline:
         return _needs_entities(self.scorer, self.gate)
 
     def _new_decoder(self, scorer: ScorerLike, gate: AlertGate | None) -> Decoder:
-        """Each event's key field is decoded only when every row's entity is needed, and not when it
-        is one of the features: the typed decoder reads those as floats (30.0 where the event, and so
-        the alert, has 30), so such entities come from the parsed events."""
+        """Each event's key field is decoded only when every row's entity is needed (the decoder
+        leaves out a key field that is one of the features; those entities come from the events)."""
         key = self.events.key_field if _needs_entities(scorer, gate) else None
-        if key in scorer.features:
-            key = None
         return Decoder(scorer.features, self.events.max_message_bytes, key_field=key)
 
     @staticmethod

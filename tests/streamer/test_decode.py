@@ -38,6 +38,10 @@ def test_key_field_is_kept_per_row_on_both_paths() -> None:
     slow = decoder.decode([*values, b"broken"])  # one bad message: message by message
     assert fast.objects is None and slow.objects is not None
     assert fast.keys == slow.keys == ["s1", 7, None, {"x": 1}]
+    # a key field that is a feature is left to the parsed events: the typed decoder reads it as a
+    # float (1.0 where orjson, and so the alert, has 1)
+    as_feature = Decoder(FEATURES, 1000, key_field="a")
+    assert as_feature.key_field is None and as_feature.decode(values[:1]).keys is None
     assert [fast.event(i) for i in range(4)] == [slow.event(i) for i in range(4)]
     assert Decoder(FEATURES, 1000).decode(values).keys is None
 

@@ -64,7 +64,8 @@ def test_an_exceedance_enters_as_at_most_its_own_score_and_nan_is_refused() -> N
     """The cap is an upper bound: a score that beats the bar by a hair entered 5 % above itself, so
     the threshold could rise above every score seen. A NaN is refused (the pipeline drops them)."""
     t = QuantileThreshold(0.9, window=100, initial_scores=np.linspace(0.0, 1.0, 100))
-    t.decide(np.full(5_000, 1.0001))  # each just over the bar at first, then level with it
+    thresholds, _ = t.decide(np.full(5_000, 1.0001))  # each just over the bar, then level with it
+    assert thresholds.max() <= 1.0001  # capped above the score it passed 1.0005 on the way
     assert t.get() <= 1.0001
     with pytest.raises(ValueError, match="finite"):  # River's core panicked on NaN
         t.decide(np.array([0.5, np.nan]))
@@ -78,7 +79,8 @@ def test_a_window_too_short_for_its_quantile_is_refused() -> None:
     with pytest.raises(ValueError, match="window >= 1000"):
         ThresholdSettings(q=0.99, window=50)
     assert ThresholdSettings(q=0.99, window=1_000).window == 1_000
-    assert ThresholdSettings(q=0.9, window=100).window == 100  # 100 x (1 - 0.9) is 9.999... in floats
+    # 100 x (1 - 0.9) is 9.999... in floats
+    assert ThresholdSettings(q=0.9, window=100).window == 100
     assert ThresholdSettings(q=0.999, window=0).window is None
 
 
