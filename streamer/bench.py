@@ -11,8 +11,11 @@ For each feature count F the same generated events (``streamer.workload``) go th
    message: the ceiling), then drained by the real ``Detector`` (consume, pipeline, alerts produced
    and acknowledged, offsets committed). Both rates are sustained rates, between the points where 10 %
    and 90 % of the backlog was done. Right after the drain, a child process offers events at a fixed
-   rate for ``seconds`` (the soak), stamping each with its send time, and times every alert from that
-   stamp to the alert's arrival at its consumer;
+   rate for ``seconds`` (the soak) to a topic of their own, which the detector reads too, stamping
+   each with its send time, and times every alert from that stamp to the alert's arrival at its
+   consumer. The soak's topic has ``soak_partitions`` partitions (1 by default): the embedded broker
+   lists every batch stored in a partition on each fetch that finds new data there, so at a fixed
+   offered rate its CPU grows with the run and with the partitions written (see the README);
 4. with ``--device cuda``: ``Scorer.score`` on the GPU per model kind and batch size in fp32 and fp16,
    eager and as a captured CUDA graph, the share of the host-to-device copy, and the bare forward pass.
 
@@ -43,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from streamer.args import non_negative_int
+from streamer.args import non_negative_int, positive_int
 from streamer.errors import StreamerError
 from streamer.gate import gate_z_arg
 from streamer.workload import KEY_FIELD, TIME_FIELD, Workload, make_scorer, make_workload
@@ -77,6 +80,7 @@ class BenchConfig:
     model: str = "dense"
     features: tuple[int, ...] = (16, 38)
     seconds: float = 20.0  # the soak: events offered at `rate` through the broker
+    soak_partitions: int = 1  # partitions of the soak's own topic (the backlog's has 3)
     rate: float = 20_000.0
     events: int = 200_000  # generated events per feature count: the in-process pool and the backlog
     rounds: int = 3
@@ -106,6 +110,8 @@ class BenchConfig:
             raise ValueError(f"seconds and rate must be > 0, got {self.seconds}, {self.rate}")
         if self.events < 1_000 or self.rounds < 1 or not self.pass_s > 0 or self.threads < 1:
             raise ValueError("need events >= 1000, rounds >= 1, pass_s > 0 and threads >= 1")
+        if not 1 <= self.soak_partitions <= 64:
+            raise ValueError(f"soak_partitions must be 1 to 64, got {self.soak_partitions}")
         if not 0 <= self.fetch_wait_ms <= 300_000:
             raise ValueError(f"fetch_wait_ms must be 0 to 300000, got {self.fetch_wait_ms}")
         # The detector's own settings, checked now rather than after the in-process figures.
@@ -494,15 +500,17 @@ class _Soak:
     error: str | None = None
 
 
-def _committed(bootstrap: str, group: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
+def _committed(
+    bootstrap: str, group: str, partitions: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": group, "log.connection.close": False}
     )
     try:
-        got = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-        return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
+        got = consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=10)
+        return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
     finally:
         consumer.close()
 
@@ -519,10 +527,11 @@ def measure_broker(
     from streamer.runner import Detector
 
     n_features = len(workload.features)
-    names = {k: f"bench-{k}-f{n_features}" for k in ("events", "alerts", "dead")}
+    names = {k: f"bench-{k}-f{n_features}" for k in ("events", "live", "alerts", "dead")}
     group = f"bench-detector-f{n_features}"
     with EmbeddedBroker() as broker:
         broker.create_topics([names["events"]], partitions=3)
+        broker.create_topics([names["live"]], partitions=config.soak_partitions)
         broker.create_topics([names["alerts"], names["dead"]], partitions=1)
         progress(f"F={n_features}: producing a backlog of {len(workload)} events")
         produce_rate, backlog_end = _produce_backlog(broker.bootstrap, names["events"], workload)
@@ -530,7 +539,7 @@ def measure_broker(
             "kafka": {
                 "bootstrap_servers": broker.bootstrap,
                 "group_id": group,
-                "input_topics": [names["events"]],
+                "input_topics": [names["events"], names["live"]],
                 "alert_topic": names["alerts"],
                 "dead_letter_topic": names["dead"],
                 "session_timeout_ms": 6000,
@@ -575,7 +584,7 @@ def measure_broker(
         parent, child = ctx.Pipe()
         plan = LoadPlan(
             bootstrap=broker.bootstrap,
-            topic=names["events"],
+            topic=names["live"],
             alert_topic=names["alerts"],
             values=workload.values,
             keys=workload.keys,
@@ -606,9 +615,10 @@ def measure_broker(
             if load.is_alive():
                 load.terminate()
                 load.join()
-        end = {p: max(o, backlog_end.get(p, 0)) for p, o in report.end_offsets.items()}
-        end = {**backlog_end, **end}
-        committed = _committed(broker.bootstrap, group, names["events"], sorted(end))
+        # Every event of both topics (a partition that got no event has nothing to commit).
+        end = {(names["events"], p): o for p, o in backlog_end.items()}
+        end.update({(names["live"], p): o for p, o in report.end_offsets.items()})
+        committed = _committed(broker.bootstrap, group, sorted(end))
 
     lat = np.asarray(report.latencies_ms, dtype=np.float64)
     drain_events = soak.backlog
@@ -632,6 +642,7 @@ def measure_broker(
         "offered_events_per_s": config.rate,
         "achieved_events_per_s": round(report.sent / report.send_s) if report.send_s else 0,
         "soak_s": config.seconds,
+        "soak_partitions": config.soak_partitions,
         "latency_samples": int(lat.size),
         "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
@@ -1020,7 +1031,8 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{_k(b['end_to_end_events_per_s'])} | raw consume {_k(b['raw_consume_events_per_s'])} | "
                 f"{b['end_to_end_to_raw_consume']} |",
                 f"| event -> alert latency p50 / p99 / max at {b['offered_events_per_s'] / 1000:g} k/s "
-                f"offered ({b['latency_samples']} alerts) | {b['p50_ms']} / {b['p99_ms']} / "
+                f"offered, {b['soak_partitions']} partition(s) ({b['latency_samples']} alerts) | "
+                f"{b['p50_ms']} / {b['p99_ms']} / "
                 f"{b['max_ms']} ms | - | - |",
                 "| p99 latency by quarter of the soak (to detected_at; broker CPU, % of a core) | "
                 + " / ".join(
@@ -1138,6 +1150,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--rate", type=float, default=None, help="offered events/s in the soak (default 20000)"
     )
     p.add_argument(
+        "--soak-partitions",
+        type=positive_int,
+        default=None,
+        help="partitions of the soak's topic (default 1; the backlog's topic has 3)",
+    )
+    p.add_argument(
         "--events",
         type=int,
         default=None,
@@ -1195,6 +1213,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         "features": args.features,
         "seconds": args.seconds,
         "rate": args.rate,
+        "soak_partitions": args.soak_partitions,
         "events": args.events,
         "rounds": args.rounds,
         "batch_events": args.batch_size,

@@ -39,7 +39,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 @pytest.mark.broker
 @pytest.mark.slow
 def test_quick_bench_prints_complete_json(capsys: pytest.CaptureFixture[str]) -> None:
-    args = parse(["bench", "--quick", "--seconds", "2", "--json"])
+    # Two partitions in the soak's topic: the commit check then covers five partitions of two topics.
+    args = parse(["bench", "--quick", "--seconds", "2", "--soak-partitions", "2", "--json"])
     assert args.func(args) == 0
     result = orjson.loads(capsys.readouterr().out)
     missing = [k for k in HEADLINE if result.get(k) is None]
@@ -50,6 +51,7 @@ def test_quick_bench_prints_complete_json(capsys: pytest.CaptureFixture[str]) ->
     broker = result["by_features"]["16"]["broker"]
     assert broker["errors"] == []
     assert broker["committed_equals_end_offsets"], "the detector did not commit every event"
+    assert broker["soak_partitions"] == 2
     assert broker["latency_samples"] > 0
     assert broker["p50_ms"] <= broker["p99_ms"] <= broker["max_ms"]
     quarters = [p for p in broker["p99_ms_by_quarter"] if p is not None]
@@ -89,6 +91,12 @@ def test_flags_map_onto_the_config() -> None:
     assert quick.events == 5_000 and quick.rounds == 1 and quick.features == (16,)
     with pytest.raises(SystemExit):
         parse(["bench", "--features", "x"])
+    assert config_from(parse(["bench"])).soak_partitions == 1
+    assert config_from(parse(["bench", "--soak-partitions", "3"])).soak_partitions == 3
+    with pytest.raises(SystemExit):
+        parse(["bench", "--soak-partitions", "0"])
+    with pytest.raises(ValueError, match="soak_partitions"):
+        BenchConfig(soak_partitions=65)
 
 
 def test_config_is_validated() -> None:
