@@ -231,3 +231,26 @@ def test_demo_with_no_anomaly_to_find_says_so(capsys: pytest.CaptureFixture[str]
     10,000 normal training events, 100 held no labelled anomaly. No broker is started for it."""
     assert main(["demo", "--events", "10050"]) == 2
     assert "no labelled anomaly" in capsys.readouterr().err
+
+
+def test_train_names_columns_that_look_like_counters_or_ids(
+    frame, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, features, _ = frame
+    n = 400
+    ids = np.random.default_rng(0).permutation(n) * 7 + 1_000
+    path = tmp_path / "with_counters.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["seq", "txn_id", *features])
+        writer.writerows([i, int(ids[i]), *row] for i, row in enumerate(x[:n].tolist()))
+    train(path, tmp_path / "a.safetensors")
+    out = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out["suspect_features"]) == {"seq", "txn_id"}
+    assert "increases" in out["suspect_features"]["seq"]
+    assert "id" in out["suspect_features"]["txn_id"]
+    # The simulator's real features are not suspects, and named features are not checked.
+    train(path, tmp_path / "b.safetensors", "--features", ",".join(["seq", *features]))
+    assert orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])["suspect_features"] == {}
+    train(path, tmp_path / "c.safetensors", "--features", ",".join(features))
+    assert orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])["suspect_features"] == {}
