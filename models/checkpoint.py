@@ -238,12 +238,16 @@ def _check_meta(path: Path, meta: dict[str, Any]) -> None:
 
 
 def _check_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """The dtypes the scorer computes in, and training scores a threshold can start from."""
+    """The dtypes the scorer computes in, finite weights, and training scores a threshold can start
+    from."""
     for key, t in tensors.items():
-        if (key.startswith(("model.", "scaler.")) or key == "error_scale") and (
-            t.dtype != torch.float32
-        ):
-            raise CheckpointError(f"{path}: tensor {key!r} is {t.dtype}, not float32")
+        if key.startswith(("model.", "scaler.")) or key == "error_scale":
+            if t.dtype != torch.float32:
+                raise CheckpointError(f"{path}: tensor {key!r} is {t.dtype}, not float32")
+            # A diverged training run or a hostile file: every score would be NaN, so every event
+            # would be dead-lettered and no alert would ever go out.
+            if not bool(torch.isfinite(t).all()):
+                raise CheckpointError(f"{path}: tensor {key!r} holds NaN or infinite values")
     scores = tensors.get("train_scores")
     if scores is None or scores.ndim != 1 or not scores.numel():
         raise CheckpointError(f"{path}: train_scores must be a non-empty vector")

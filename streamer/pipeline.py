@@ -229,9 +229,9 @@ class Pipeline:
         distribution.
 
         Entity windows hold raw values, so they carry over when features and window length are unchanged.
-        Everything the new model needs is built, and one all-zero input scored, before anything is
-        switched: if any of it fails, the exception leaves the running model and its state as they
-        were.
+        Everything the new model needs is built, and one all-zero input scored (it must give one
+        finite score), before anything is switched: if any of it fails, the exception leaves the
+        running model and its state as they were.
         """
         same_inputs = (
             scorer.features == self.scorer.features and scorer.window == self.scorer.window
@@ -248,6 +248,8 @@ class Pipeline:
         scores, _ = scorer.score(np.zeros(shape, dtype=np.float32))
         if len(scores) != 1:
             raise ValueError(f"the new model gave {len(scores)} scores for one input")
+        if not np.isfinite(scores).all():
+            raise ValueError(f"the new model scored an all-zero input {scores[0]}")
         self.scorer, self.threshold, self.gate, self.decoder = scorer, threshold, gate, decoder
         self._windows = windows
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -219,6 +220,28 @@ def test_refuses_hostile_content_that_hashes_correctly(
     loaded and failed only at the first batch; all are refused with CheckpointError, quickly."""
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(rewrite(trained[kind], tmp_path, meta, tensors))
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv", "vae"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_refuses_weights_that_are_not_finite(
+    trained: dict[str, TrainResult], tmp_path: Path, kind: str, value: float
+) -> None:
+    """Such a model loaded, then scored NaN for every event: all of them dead-lettered, no alert."""
+    with safe_open(str(trained[kind].path), framework="pt") as f:
+        names = sorted(k for k in f.keys() if k.startswith("model.") and k.endswith("weight"))  # noqa: SIM118
+        first = f.get_tensor(names[0])
+        scale = f.get_tensor("scaler.scale")
+    poisoned = first.clone()
+    poisoned.view(-1)[0] = value
+    with pytest.raises(CheckpointError, match=f"{re.escape(names[0])}.*NaN or infinite"):
+        load_checkpoint(rewrite(trained[kind], tmp_path, tensor_changes={names[0]: poisoned}))
+    bad_scale = scale.clone()
+    bad_scale[-1] = value
+    with pytest.raises(CheckpointError, match=r"scaler\.scale.*NaN or infinite"):
+        load_checkpoint(
+            rewrite(trained[kind], tmp_path, tensor_changes={"scaler.scale": bad_scale})
+        )
 
 
 @pytest.mark.parametrize("raw", ['["x"]', "[" * 200_000 + "]" * 200_000, "null"])

@@ -347,6 +347,23 @@ def test_a_model_that_cannot_score_leaves_the_running_one_in_place() -> None:
     assert len(result.alerts) == 1  # still scoring with the old model
 
 
+def test_a_model_that_scores_nan_leaves_the_running_one_in_place() -> None:
+    """It would have dead-lettered every event as 'score is not finite' and never alerted again."""
+
+    class Diverged(SquareScorer):
+        def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            scores, errors = super().score(x)
+            return np.full_like(scores, np.nan), errors
+
+    pipeline = make(alert_gate_z=0)
+    old_scorer = pipeline.scorer
+    with pytest.raises(ValueError, match="all-zero input nan"):
+        pipeline.swap_model(Diverged(version="v2"))
+    assert pipeline.scorer is old_scorer
+    result = pipeline.process_messages([message(0, {"x": 5, "y": 0, "z": 0})])
+    assert len(result.alerts) == 1 and not result.dead_letters
+
+
 def _as_text(key: bytes | None) -> str | None:
     """The documented text form of a Kafka key: UTF-8, else ``base64:`` and its base64."""
     if key is None:
