@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any, Protocol
 
 import numpy as np
+import structlog
 from pydantic_core import PydanticSerializationError
 
 from streamer.alerts import (
@@ -35,6 +36,10 @@ from streamer.dedup import AlertCooldown
 from streamer.features import EntityWindows
 from streamer.gate import AlertGate
 from streamer.threshold import QuantileThreshold
+
+log = structlog.get_logger(__name__)
+# At most one `event_time_in_future` warning per this many seconds: a wrong clock sends many.
+_FUTURE_WARNING_EVERY_S = 60.0
 
 
 class ScorerLike(Protocol):
@@ -220,6 +225,7 @@ class Pipeline:
         self.scorer = scorer
         self.threshold = self._new_threshold(scorer)
         self.cooldown = AlertCooldown(events.alert_cooldown_s, events.alert_escalation)
+        self._future_warned_at = -_FUTURE_WARNING_EVERY_S
         self.gate = self._new_gate(scorer)
         self.decoder = self._new_decoder(scorer, self.gate)
         self._windows = self._new_windows(scorer)
@@ -375,14 +381,33 @@ class Pipeline:
 
     def _cooldown(self, alerting: list[_Alerting], scores: np.ndarray) -> list[_Alerting]:
         """The alerts to publish: per entity, none within the cooldown after the last one published
-        unless it escalates (streamer.dedup), by the Kafka timestamp (else the processing time)."""
+        unless it escalates (streamer.dedup), by the Kafka timestamp (else the processing time).
+
+        A timestamp more than one cooldown ahead of this host's clock is taken as the processing
+        time: trusted, one event from a wrong clock (or a hostile producer) stamped in 2100 would
+        mute its entity's alerts until then."""
         if not alerting or self.cooldown.cooldown_ms == 0:
             return alerting
-        now_ms = time.time() * 1000.0
-        times = [
-            float(ts) if (ts := a.message.timestamp_ms) is not None and ts >= 0 else now_ms
-            for a in alerting
-        ]
+        now_ms = self._now().timestamp() * 1000.0
+        latest = now_ms + self.cooldown.cooldown_ms
+        times, ahead = [], []
+        for a in alerting:
+            ts = a.message.timestamp_ms
+            if ts is None or ts < 0:
+                times.append(now_ms)
+            elif ts > latest:
+                times.append(now_ms)
+                ahead.append(ts)
+            else:
+                times.append(float(ts))
+        if ahead and time.monotonic() >= self._future_warned_at + _FUTURE_WARNING_EVERY_S:
+            self._future_warned_at = time.monotonic()
+            log.warning(
+                "event_time_in_future",
+                alerts=len(ahead),
+                max_ahead_s=round((max(ahead) - now_ms) / 1000.0, 1),
+                using="processing time for the alert cooldown",
+            )
         keep = self.cooldown.apply(
             [a.entity for a in alerting], times, [float(scores[a.row]) for a in alerting]
         )

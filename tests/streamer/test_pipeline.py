@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import orjson
@@ -345,6 +345,35 @@ def test_a_model_that_cannot_score_leaves_the_running_one_in_place() -> None:
     assert pipeline.decoder is old_decoder
     result = pipeline.process_messages([message(0, {"x": 5, "y": 0, "z": 0})])
     assert len(result.alerts) == 1  # still scoring with the old model
+
+
+def test_an_event_stamped_far_in_the_future_does_not_mute_its_entity() -> None:
+    """One event from a wrong clock, stamped in 2100, set the entity's quiet period to 2100 + 300 s:
+    every later alert of that entity was suppressed (bar one scoring 8 times as much)."""
+    clock = [NOW]
+    pipeline = Pipeline(
+        SquareScorer(),
+        ThresholdSettings(q=0.99),
+        EventSettings(key_field="id", alert_gate_z=0),  # cooldown 300 s, escalation 8: defaults
+        now=lambda: clock[0],
+    )
+
+    def event(i: int, x: float, at: datetime) -> Message:
+        value = orjson.dumps({"id": "pump-7", "x": x, "y": 0, "z": 0})
+        return Message(value, b"pump-7", "in", 0, i, int(at.timestamp() * 1000))
+
+    wrong = datetime(2100, 1, 1, tzinfo=UTC)
+    assert len(pipeline.process_messages([event(0, 3.0, wrong)]).alerts) == 1
+    published = []
+    for i in range(1, 4):  # 10 minutes apart, each stamped as it happens
+        clock[0] = NOW + timedelta(minutes=10 * i)
+        result = pipeline.process_messages([event(i, 5.0, clock[0])])
+        assert result.alert_mask.all()
+        published.append(len(result.alerts))
+    assert published == [1, 1, 1]
+    # Within the cooldown of its last alert the entity is still quiet: the rule itself holds.
+    clock[0] += timedelta(minutes=1)
+    assert not pipeline.process_messages([event(9, 5.0, clock[0])]).alerts
 
 
 def test_a_model_that_scores_nan_leaves_the_running_one_in_place() -> None:
