@@ -60,6 +60,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# librdkafka's default; a consumer that does not poll for this long leaves its group.
+_MAX_POLL_INTERVAL_MS = 300_000
+
+
+def _int_or_none(value: SecretStr | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.get_secret_value().strip())
+    except ValueError:
+        return None
+
+
 class KafkaSettings(_Section):
     """Where to read events and write alerts, and how to talk to the brokers."""
 
@@ -97,6 +110,19 @@ class KafkaSettings(_Section):
             raise ValueError(
                 f"librdkafka keys set by ae-streamer itself cannot be given here ({why})"
             )
+        # The detector waits for every record of a batch to settle before it commits, without polling
+        # the consumer: librdkafka's 0 ("never give up") would stop the service at the first slow
+        # flush, and a wait past max.poll.interval.ms drops the consumer from its group.
+        poll_ms = _int_or_none(value.get("max.poll.interval.ms")) or _MAX_POLL_INTERVAL_MS
+        for key in ("message.timeout.ms", "delivery.timeout.ms"):
+            if key in value:
+                ms = _int_or_none(value[key])
+                if ms is None or not 0 < ms < poll_ms:
+                    raise ValueError(
+                        f"{key} must be a whole number of milliseconds above 0 and below "
+                        f"max.poll.interval.ms ({poll_ms}): the detector waits that long for a "
+                        "batch's alerts before it commits, without polling its consumer"
+                    )
         return value
 
     def common_config(self) -> dict[str, Any]:

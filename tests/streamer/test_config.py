@@ -133,6 +133,31 @@ def test_extra_overrides_the_producer_defaults() -> None:
 
 
 @pytest.mark.parametrize(
+    "extra",
+    [
+        # librdkafka's "never give up": the detector stopped at the first flush that took 30 s
+        {"message.timeout.ms": "0"},
+        {"delivery.timeout.ms": "0"},
+        {"message.timeout.ms": "-5"},
+        {"message.timeout.ms": "soon"},
+        # past max.poll.interval.ms the group drops the consumer while it waits
+        {"message.timeout.ms": "300000"},
+        {"message.timeout.ms": "200000", "max.poll.interval.ms": "150000"},
+    ],
+)
+def test_a_delivery_timeout_the_detector_cannot_wait_out_is_refused(extra: dict[str, str]) -> None:
+    key = next(k for k in extra if "timeout" in k)
+    with pytest.raises(ConfigError, match=re.escape(key) + ".*max.poll.interval.ms"):
+        load_settings(None, {"kafka": {"extra": extra}})
+
+
+def test_a_delivery_timeout_below_a_raised_poll_interval_is_accepted() -> None:
+    extra = {"message.timeout.ms": "400000", "max.poll.interval.ms": "600000"}
+    conf = load_settings(None, {"kafka": {"extra": extra}}).kafka.producer_config()
+    assert conf["message.timeout.ms"] == "400000"
+
+
+@pytest.mark.parametrize(
     ("name", "value"),
     [
         ("STREAMER_KAFKA__INPUT_TOPICS", "events"),
