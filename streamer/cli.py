@@ -274,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from streamer.logs import configure_logging
+
+    # Log lines go to stderr, never into a command's output on stdout (`train ... | jq`); `run`, `bench`,
+    # `demo` and `evaluate` set their own level.
+    configure_logging("INFO")
     try:
         return int(args.func(args))
     except (StreamerError, ModelError, ValueError, OSError) as exc:  # OSError: a path, a folder

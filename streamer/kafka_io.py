@@ -53,6 +53,19 @@ def read_topic(
     """Read a topic from its beginning, without a consumer group or commits, until ``max_events`` values
     are read or nothing arrives for ``idle_s`` (watermarks are not trusted: some brokers report them late).
     Values over ``max_message_bytes`` are yielded as None (the caller counts them as unusable)."""
+    for _, value in read_topic_records(client_config, topic, max_events, idle_s, max_message_bytes):
+        yield value
+
+
+def read_topic_records(
+    client_config: dict[str, Any],
+    topic: str,
+    max_events: int,
+    idle_s: float = 3.0,
+    max_message_bytes: int = 1_048_576,
+) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """``read_topic``, with each value's Kafka key: ``(key, value)``. A key is bounded by the
+    consumer's own fetch limits; only the value is checked against ``max_message_bytes``."""
     client_errors: list[KafkaError] = []  # authentication, TLS, transport: not from consume()
     read_errors: list[KafkaError] = []  # from consume(): the topic's partitions
     consumer = client(
@@ -92,7 +105,7 @@ def read_topic(
                 last = time.monotonic()
                 value = m.value()
                 n += 1
-                yield value if value is None or len(value) <= max_message_bytes else None
+                yield m.key(), value if value is None or len(value) <= max_message_bytes else None
         # An empty topic reads as nothing, without an error; a lone dropped connection is retried.
         unread = read_errors + [e for e in client_errors if e.code() == _ALL_BROKERS_DOWN]
         if n == 0 and unread:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 
 import numpy as np
 import orjson
@@ -14,8 +15,41 @@ from streamer.errors import DataError
 log = structlog.get_logger(__name__)
 
 
-def _numeric_fields(obj: dict[str, object]) -> list[str]:
-    return [k for k, v in obj.items() if type(v) in (int, float)]
+# Events looked at to choose the features of a topic, as for a file's columns (streamer.data).
+_SAMPLE_EVENTS = 1_000
+# An entity longer than this is grouped by its digest (the detector bounds its keys alike).
+_LONG_ENTITY = 256
+
+
+def _topic_features(values: list[bytes | None], entity_column: str | None) -> list[str]:
+    """Fields that are numbers in at least half of the first decodable events (a field most events
+    lack is no feature: its rows would all be skipped), in order of first appearance."""
+    events: list[dict[str, object]] = []
+    for v in values:
+        if len(events) >= _SAMPLE_EVENTS:
+            break
+        try:
+            obj = orjson.loads(v) if v else None
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            events.append(obj)
+    counts: dict[str, int] = {}
+    for obj in events:
+        for k, field in obj.items():
+            if type(field) in (int, float) and k != entity_column:
+                counts[k] = counts.get(k, 0) + 1
+    return [k for k, c in counts.items() if 2 * c >= len(events)]
+
+
+def _entity(obj: dict[str, object], field: str | None, key: bytes | None) -> str:
+    """A row's entity as ``streamer run`` groups rows: the event's ``field`` when present, else its
+    Kafka key (kept apart: the field's 7 is not the key b"7")."""
+    value = obj.get(field) if field is not None else None
+    text = f"f{value!r}" if value is not None else f"k{key!r}"
+    if len(text) > _LONG_ENTITY:
+        text = "h" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return text
 
 
 # Fewer rows than this say too little about a column to call it a counter or an id.
@@ -43,44 +77,47 @@ def suspect_features(x: np.ndarray, features: list[str]) -> dict[str, str]:
 
 
 def table_from_topic(args: argparse.Namespace) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-    """Training rows from a topic: rows that cannot be decoded are skipped and counted, never trained on."""
+    """Training rows from a topic: rows that cannot be decoded are skipped and counted, never trained on.
+
+    Each row's entity is what ``streamer run`` windows it by: the ``--entity-column`` field when the
+    event has it, else the message's Kafka key; so a conv model trains on windows of one entity each,
+    never on a partition's interleaving of several.
+    """
     from streamer.config import load_settings
-    from streamer.kafka_io import read_topic
+    from streamer.kafka_io import read_topic_records
 
     # The connection as `streamer run` makes it (security settings from the file or the environment)
     overrides = {"kafka": {"bootstrap_servers": args.bootstrap}} if args.bootstrap else None
     settings = load_settings(getattr(args, "config", None), overrides)
     max_bytes = settings.events.max_message_bytes
-    values = list(
-        read_topic(
+    records = list(
+        read_topic_records(
             settings.kafka.common_config(),
             args.from_topic,
             args.max_events,
             max_message_bytes=max_bytes,
         )
     )
-    features = args.features
-    if features is None:
-        for v in values:
-            try:
-                obj = orjson.loads(v) if v else None
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                features = [f for f in _numeric_fields(obj) if f != args.entity_column]
-                break
+    values = [v for _, v in records]
+    features = args.features or _topic_features(values, args.entity_column)
     if not features:
         raise DataError(f"no decodable event with numeric fields in topic {args.from_topic!r}")
-    decoded = Decoder(features, max_bytes, key_field=args.entity_column).decode(values)
+    decoded = Decoder(features, max_bytes).decode(values)
     if decoded.rejected:
         log.warning(
-            "training_rows_skipped", count=len(decoded.rejected), first=decoded.rejected[0][1]
+            "training_rows_skipped",
+            count=len(decoded.rejected),
+            of=len(values),
+            first=decoded.rejected[0][1],
         )
     if not len(decoded.x):
         raise DataError(f"no usable rows in topic {args.from_topic!r}")
-    entities = None
-    if args.entity_column:
-        entities = np.array([str(k) for k in decoded.keys or ()])
+    rows = decoded.valid.tolist()
+    if args.entity_column is None and all(records[i][0] is None for i in rows):
+        return decoded.x, list(features), None  # no keys at all: one stream, as `run` sees it
+    entities = np.array(
+        [_entity(decoded.event(j), args.entity_column, records[i][0]) for j, i in enumerate(rows)]
+    )
     return decoded.x, list(features), entities
 
 

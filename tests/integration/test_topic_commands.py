@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from argparse import Namespace
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
 from models import load_checkpoint
 from streamer.cli import main
 from streamer.simulate import SimConfig, generate, produce
+from streamer.training import table_from_topic
 
 pytestmark = [pytest.mark.broker]
 
@@ -46,6 +50,23 @@ def test_train_from_topic_skips_bad_rows_then_encode_to_topic(kit, tmp_path: Pat
     assert summary["rows"] == sum(
         not e.malformed for e in stream
     )  # malformed rows skipped, not trained on
+    # Each row's entity is its Kafka key, as `streamer run` windows it: the partitions interleave
+    # sensors, and a conv trained on the read order windowed across them.
+    rows = Namespace(
+        from_topic=names["in"],
+        bootstrap=kit.bootstrap,
+        config=None,
+        max_events=2_000,
+        features=list(SimConfig().features),
+        entity_column=None,
+    )
+    x, _, entities = table_from_topic(rows)
+    assert entities is not None and len(entities) == len(x)
+    good = [e for e in stream if not e.malformed]
+    assert len(np.unique(entities)) == len({e.key for e in good})
+    assert sorted(Counter(entities.tolist()).values()) == sorted(
+        Counter(e.key for e in good).values()
+    )
 
     csv_path = tmp_path / "rows.csv"
     csv_path.write_text(

@@ -245,7 +245,11 @@ def test_train_names_columns_that_look_like_counters_or_ids(
         writer.writerow(["seq", "txn_id", *features])
         writer.writerows([i, int(ids[i]), *row] for i, row in enumerate(x[:n].tolist()))
     train(path, tmp_path / "a.safetensors")
-    out = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    # The warning is a log line on stderr; stdout is the summary alone (it was both: `| jq` broke).
+    assert "suspect_features" in captured.err
+    assert len(captured.out.strip().splitlines()) == 1
+    out = orjson.loads(captured.out)
     assert set(out["suspect_features"]) == {"seq", "txn_id"}
     assert "increases" in out["suspect_features"]["seq"]
     assert "id" in out["suspect_features"]["txn_id"]
