@@ -1,7 +1,8 @@
 """Checkpoints: ONE .safetensors file holding tensors and JSON metadata, never a pickle.
 
 Tensors: the model's state dict under "model.<name>", the scaler under "scaler.center" /
-"scaler.scale", and "train_scores" (scores of held-back normal data). The safetensors header's
+"scaler.scale" (and "scaler.constant", 1 for a column without spread), and "train_scores" (scores of
+held-back normal data). The safetensors header's
 `__metadata__` holds a single key, "ae_streamer", whose value is a JSON document:
 
     format_version, kind, model_config (plain types), features, window, latent_dim, name,
@@ -102,6 +103,8 @@ def save_checkpoint(
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors["scaler.center"] = torch.from_numpy(np.ascontiguousarray(scaler.center, np.float32))
     tensors["scaler.scale"] = torch.from_numpy(np.ascontiguousarray(scaler.scale, np.float32))
+    if scaler.constant is not None:
+        tensors["scaler.constant"] = torch.from_numpy(scaler.constant.astype(np.float32))
     tensors["train_scores"] = torch.from_numpy(np.ascontiguousarray(train_scores, np.float64))
     if error_scale is not None:
         tensors["error_scale"] = torch.from_numpy(np.ascontiguousarray(error_scale, np.float32))
@@ -320,10 +323,14 @@ def _from_bytes(
             )
         state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         model.load_state_dict(state, strict=True, assign=True)
+        constant = tensors.get("scaler.constant")
+        if constant is not None and not bool(((constant == 0) | (constant == 1)).all()):
+            raise ValueError("scaler.constant must hold only 0 and 1")
         scaler = RobustScaler(
             tensors["scaler.center"].numpy(),
             tensors["scaler.scale"].numpy(),
             float(meta["scaler"]["clip"]),
+            None if constant is None else constant.numpy() == 1,
         )
         train_scores = tensors["train_scores"].numpy()
         error_scale = tensors["error_scale"].numpy() if "error_scale" in tensors else None

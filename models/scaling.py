@@ -30,6 +30,9 @@ class RobustScaler:
     center: np.ndarray  # (F,) float32
     scale: np.ndarray  # (F,) float32, all > 0
     clip: float = DEFAULT_CLIP
+    # (F,) bool: columns without spread in the training data (their scale is the fallback 1.0, not
+    # theirs); None when unknown (a checkpoint written before it was kept)
+    constant: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.center.ndim != 1 or self.center.shape != self.scale.shape:
@@ -42,6 +45,10 @@ class RobustScaler:
             raise ValueError("scale must be > 0")
         if not self.clip > 0:
             raise ValueError(f"clip must be > 0, got {self.clip}")
+        if self.constant is not None and (
+            self.constant.dtype != np.bool_ or self.constant.shape != self.center.shape
+        ):
+            raise ValueError(f"constant must be a bool {self.center.shape} mask")
 
     @property
     def n_features(self) -> int:
@@ -60,8 +67,9 @@ class RobustScaler:
         tiny = _TINY * np.maximum(1.0, np.abs(center))
         scale = (q75 - q25) / IQR_TO_STD
         scale = np.where(scale > tiny, scale, x.std(axis=0))
-        scale = np.where(scale > tiny, scale, 1.0)
-        return cls(center.astype(np.float32), scale.astype(np.float32), float(clip))
+        constant = ~(scale > tiny)
+        scale = np.where(constant, 1.0, scale)
+        return cls(center.astype(np.float32), scale.astype(np.float32), float(clip), constant)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Raw (..., F) -> scaled and clipped (..., F) float32."""

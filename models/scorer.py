@@ -192,12 +192,18 @@ class Scorer:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         gen = torch.Generator(device=self.device).manual_seed(seed)
+        # A column without spread in training is its constant: its scale is a stand-in (1.0), so the
+        # model's unit noise would give it a spread of 1 in its own units.
+        constant = self.scaler.constant
+        fixed = None if constant is None or not constant.any() else np.flatnonzero(constant)
 
         def blocks() -> Iterator[np.ndarray]:  # checked above, drawn as the caller reads
             for start in range(0, n, SAMPLE_BLOCK):
                 with torch.inference_mode():
                     z = model.sample(SAMPLE_BLOCK, gen)  # scaled
                     block = (z * self._scale + self._center).cpu().numpy()
+                if fixed is not None:
+                    block[:, fixed] = self.scaler.center[fixed]
                 yield block[: n - start]
 
         return blocks()

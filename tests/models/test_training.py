@@ -164,3 +164,25 @@ def test_vae_samples_match_training_data(features: list[str], tmp_path: Path) ->
     off = ~np.eye(6, dtype=bool)
     assert np.all(np.sign(cs[off]) == np.sign(cx[off]))
     assert np.all(np.abs(cs[off]) >= 0.2), cs
+
+
+def test_vae_samples_a_column_without_spread_as_its_constant(tmp_path: Path) -> None:
+    """Such a column's scale is the stand-in 1.0, so the decoder's unit noise gave a version fixed
+    at 7 samples from 3.7 to 10.7; columns with spread keep theirs, and the checkpoint keeps which."""
+    from models import load_checkpoint
+
+    rng = np.random.default_rng(1)
+    n = 2_000
+    temp = 20 + 5 * rng.normal(size=n)
+    x = np.stack(
+        [temp, np.full(n, 7.0), 1_000 + 1e-5 * rng.normal(size=n), 2 * temp + rng.normal(size=n)], 1
+    ).astype(np.float32)
+    cfg = TrainConfig(kind="vae", epochs=5, latent_dim=2, progress=False)
+    result = train(x, ["temp", "version", "ref", "temp2"], cfg, tmp_path / "v.safetensors")
+    for scorer in (result.scorer, load_checkpoint(result.path)):
+        assert scorer.scaler.constant is not None
+        assert scorer.scaler.constant.tolist() == [False, True, True, False]
+        s = scorer.sample(3_000, seed=0)
+        assert np.all(s[:, 1] == 7.0)
+        assert np.all(s[:, 2] == np.float32(np.median(x[:, 2])))
+        assert 0.6 < s[:, 0].std() / x[:, 0].std() < 1.5
