@@ -258,3 +258,27 @@ def test_train_names_columns_that_look_like_counters_or_ids(
     assert orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])["suspect_features"] == {}
     train(path, tmp_path / "c.safetensors", "--features", ",".join(features))
     assert orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])["suspect_features"] == {}
+
+
+def test_encode_builds_conv_windows_a_batch_at_a_time(
+    csv_path: Path, frame, tmp_path: Path
+) -> None:
+    """All N windows were built before batching (N x W x F floats: 1.7 GB for 200,000 rows of 25
+    features at window 64); each batch's windows are built as it is encoded, and an entity's window
+    carries across batch boundaries, so the codes do not depend on the batch size."""
+    from streamer.latent import model_inputs
+
+    x, _, entities = frame
+    batches = list(model_inputs(x, 8, entities, 7))
+    assert max(len(b) for b in batches) == 7 and sum(len(b) for b in batches) == len(x)
+    assert np.array_equal(np.concatenate(batches), next(model_inputs(x, 8, entities, len(x))))
+    ckpt = tmp_path / "c.safetensors"
+    train(csv_path, ckpt, "--model", "conv", "--window", "8", "--entity-column", "sensor_id")
+    codes = []
+    for size in ("5", "100000"):
+        out = tmp_path / f"z{size}.npy"
+        argv = ["encode", "--model", str(ckpt), "--data", str(csv_path), "--out", str(out)]
+        assert main([*argv, "--entity-column", "sensor_id", "--batch-size", size]) == 0
+        codes.append(np.load(out))
+    assert codes[0].shape == (len(x), load_checkpoint(ckpt).latent_dim)
+    np.testing.assert_allclose(codes[0], codes[1], rtol=1e-5, atol=1e-6)
