@@ -14,6 +14,7 @@ values are clipped to +-clip: one absurd reading must not produce inf/NaN or wre
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,8 +56,11 @@ class RobustScaler:
         return int(self.center.shape[0])
 
     @classmethod
-    def fit(cls, x: np.ndarray, clip: float = DEFAULT_CLIP) -> RobustScaler:
-        """Learn centre = median and scale = IQR/1.349 (-> std -> 1.0) per column of x (N, F)."""
+    def fit(
+        cls, x: np.ndarray, clip: float = DEFAULT_CLIP, names: Sequence[str] | None = None
+    ) -> RobustScaler:
+        """Learn centre = median and scale = IQR/1.349 (-> std -> 1.0) per column of x (N, F);
+        ``names`` only name a column in an error."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[0] == 0:
             raise ValueError(f"expected a non-empty (N, F) array, got shape {x.shape}")
@@ -69,6 +73,13 @@ class RobustScaler:
         scale = np.where(scale > tiny, scale, x.std(axis=0))
         constant = ~(scale > tiny)
         scale = np.where(constant, 1.0, scale)
+        too_wide = np.flatnonzero(~(np.abs(np.stack([center, scale])) <= np.finfo(np.float32).max))
+        if too_wide.size:
+            j = int(too_wide[0] % x.shape[1])
+            raise ValueError(
+                f"feature {names[j] if names else j!r}: its median or spread is beyond float32's range "
+                f"({np.finfo(np.float32).max:.3g}); rescale that column"
+            )
         return cls(center.astype(np.float32), scale.astype(np.float32), float(clip), constant)
 
     def transform(self, x: np.ndarray) -> np.ndarray:

@@ -250,12 +250,20 @@ def train(
     out = Path(out)
     # What the checkpoint's loader would refuse, refused before the training rather than after it.
     check_names(out, config.kind, features, config.name)
+    # Where it goes, checked before the training too: a folder, or a parent that is a file, was found
+    # only at the save, after every epoch ("[Errno 17] File exists").
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; --out names the checkpoint file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"cannot write {out}: a part of its folder is a file") from None
     device = resolve_device(config.device)
     gen = torch.Generator().manual_seed(config.seed)  # shuffling (cpu)
     noise = torch.Generator(device=device).manual_seed(config.seed + 1)  # VAE reparameterisation
 
     split, fit_rows = _split(data, entities, config, gen)
-    scaler = RobustScaler.fit(split.raw[fit_rows])
+    scaler = RobustScaler.fit(split.raw[fit_rows], names=features)
     rows = torch.from_numpy(scaler.transform(split.raw)).to(device)  # (N, F) scaled
     cfg = model_config(config, data.shape[1])
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -31,6 +31,19 @@ def non_negative_int(text: str) -> int:
     return _int(text, 0, "0 or more")
 
 
+# Seeds feed torch, NumPy and Python's random; NumPy's legacy seeding stops at 2**32 - 1, and a
+# seed beyond 64 bits reached torch as "Overflow when unpacking long long".
+MAX_SEED = 2**32 - 1
+
+
+def seed(text: str) -> int:
+    """A random seed: an integer from 0 to 2**32 - 1."""
+    value = _int(text, 0, "0 or more")
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SEED}, got {value}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """A finite number of at least 0."""
     try:

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from streamer.args import non_negative_int, positive_int
+from streamer.args import positive_int, seed
 from streamer.errors import StreamerError
 from streamer.gate import gate_z_arg
 from streamer.workload import KEY_FIELD, TIME_FIELD, Workload, make_scorer, make_workload
@@ -1200,7 +1200,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quick", action="store_true", help="a smoke run: small and short, every figure"
     )
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.set_defaults(func=cmd_bench)
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from models.errors import ModelError
-from streamer.args import ALERT_CAP_HELP, non_negative_float, positive_int
+from streamer.args import ALERT_CAP_HELP, non_negative_float, positive_int, seed
 from streamer.errors import StreamerError
 
 if TYPE_CHECKING:
@@ -222,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="TOML settings file: the Kafka connection for --from-topic"
     )
     p.add_argument(
-        "--max-events", type=int, default=100_000, help="events to read with --from-topic"
+        "--max-events",
+        type=positive_int,
+        default=100_000,
+        help="events to read with --from-topic",
     )
     p.add_argument(
         "--features", type=_csv_list, help="feature names (default: all numeric columns)"
@@ -232,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--window", type=int, default=16, help="conv window length")
     p.add_argument("--latent-dim", type=int)
     p.add_argument("--entity-column", help="column/field holding the entity key (conv windows)")
@@ -249,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anomaly-rate", type=float, default=0.01)
     p.add_argument("--malformed-rate", type=float, default=0.0)
     p.add_argument("--entities", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument(
         "--labels-out", type=Path, help="JSONL of topic/partition/offset/label per event"
     )
@@ -257,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole product end to end on an embedded broker")
     p.add_argument("--events", type=int, default=30_000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_demo)
 

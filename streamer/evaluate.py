@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streamer.args import ALERT_CAP_HELP, non_negative_int
+from streamer.args import ALERT_CAP_HELP, non_negative_int, seed
 from streamer.baselines import BASELINE_KINDS, HalfSpaceTreesScorer, PCAScorer
 from streamer.config import BatchSettings, EventSettings, ThresholdSettings
 from streamer.data import number
@@ -706,7 +706,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=defaults_d.max_train_rows,
         help="train on at most the N most recent training rows",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     p.add_argument(
         "--threads",

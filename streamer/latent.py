@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from streamer.args import positive_int
+from streamer.args import positive_int, seed
 from streamer.errors import DataError
 
 
@@ -131,6 +131,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="a vae checkpoint")
     p.add_argument("-n", type=int, required=True, help="number of events")
     p.add_argument("--out", type=Path, required=True, help="FILE.jsonl")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     p.set_defaults(func=sample_command)

@@ -282,3 +282,53 @@ def test_encode_builds_conv_windows_a_batch_at_a_time(
         codes.append(np.load(out))
     assert codes[0].shape == (len(x), load_checkpoint(ckpt).latent_dim)
     np.testing.assert_allclose(codes[0], codes[1], rtol=1e-5, atol=1e-6)
+
+
+def test_train_refuses_where_it_cannot_write_before_it_trains(
+    csv_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both were found at the save, after every epoch, as "[Errno 17] File exists"."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    folder = tmp_path / "folder.safetensors"
+    folder.mkdir()
+    for out, why in (
+        (afile / "m.safetensors", "a part of its folder is a file"),
+        (folder, "folder"),
+    ):
+        argv = ["train", "--data", str(csv_path), "--out", str(out), "--epochs", "200"]
+        assert main([*argv, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert why in err and "epoch" not in err
+    assert not list(tmp_path.glob("**/*.loss.png"))
+
+
+def test_train_names_a_column_beyond_float32(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [f"{v},{(-1) ** i * 3e38}" for i, v in enumerate(range(200))]
+    path = tmp_path / "big.csv"
+    path.write_text("ok,big\n" + "\n".join(rows) + "\n")
+    assert main(["train", "--data", str(path), "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "feature 'big'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--data", "x.csv", "--out", "m", "--seed", str(2**64 - 1)],
+        ["train", "--from-topic", "t", "--out", "m", "--max-events", "0"],
+        ["sample", "--model", "m", "--out", "o.jsonl", "--seed", str(2**64)],
+        ["simulate", "--bootstrap", "b", "--topic", "t", "--events", "1", "--seed", "-1"],
+    ],
+)
+def test_seeds_and_event_counts_out_of_range_are_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A seed beyond 64 bits reached torch as "Overflow when unpacking long long"; --max-events 0
+    read nothing and was reported as a topic without decodable events."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    flag = next(a for a in argv if a in ("--seed", "--max-events"))
+    assert f"argument {flag}" in capsys.readouterr().err
