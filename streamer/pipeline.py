@@ -40,6 +40,11 @@ from streamer.threshold import QuantileThreshold
 log = structlog.get_logger(__name__)
 # At most one `event_time_in_future` warning per this many seconds: a wrong clock sends many.
 _FUTURE_WARNING_EVERY_S = 60.0
+# Entities whose windows are kept, at most (fewer where events.window_memory_mb says so).
+MAX_WINDOW_ENTITIES = 100_000
+# A windowed model's inputs are built and scored this many bytes of windows at a time: a batch of
+# 5,000 events at window 256 and 256 features is 1.3 GB at once.
+WINDOW_CHUNK_BYTES = 256 * 2**20
 
 
 class ScorerLike(Protocol):
@@ -289,9 +294,26 @@ class Pipeline:
         key = self.events.key_field if _needs_entities(scorer, gate) else None
         return Decoder(scorer.features, self.events.max_message_bytes, key_field=key)
 
-    @staticmethod
-    def _new_windows(scorer: ScorerLike) -> EntityWindows | None:
-        return EntityWindows(scorer.window, len(scorer.features)) if scorer.window > 1 else None
+    def _new_windows(self, scorer: ScorerLike) -> EntityWindows | None:
+        if scorer.window <= 1:
+            return None
+        w, f = scorer.window, len(scorer.features)
+        budget = self.events.window_memory_mb * 2**20
+        entities = max(1, min(MAX_WINDOW_ENTITIES, budget // ((w - 1) * f * 4)))
+        if entities < MAX_WINDOW_ENTITIES:
+            log.warning(
+                "entity_windows_capped",
+                entities=entities,
+                window=w,
+                features=f,
+                window_memory_mb=self.events.window_memory_mb,
+            )
+        return EntityWindows(w, f, max_entities=entities)
+
+    def _window_chunk_rows(self) -> int:
+        """Rows whose windows are built and scored at a time (all of a batch, for the usual sizes)."""
+        w, f = self.scorer.window, len(self.scorer.features)
+        return max(1, WINDOW_CHUNK_BYTES // (w * f * 4))
 
     def process_messages(self, messages: Sequence[Message]) -> BatchResult:
         """Process an in-memory batch (evaluation, tests)."""
@@ -444,12 +466,40 @@ class Pipeline:
         t0 = time.perf_counter()
         decoded = self.decoder.decode(values)
         t1 = time.perf_counter()
+        timings["decode"] = t1 - t0
+        if self._windows is not None and len(decoded.x) > self._window_chunk_rows():
+            return self._in_window_chunks(decoded, origin, message_keys, timings)
         x, entities = self._model_input(decoded, origin, message_keys)
         t2 = time.perf_counter()
         scores, per_feature = self.scorer.score(x) if len(x) else self._no_scores()
-        timings["decode"] = t1 - t0
         timings["features"] = t2 - t1
         timings["score"] = time.perf_counter() - t2
+        return decoded, scores, per_feature, entities
+
+    def _in_window_chunks(
+        self,
+        decoded: DecodedBatch,
+        origin: Callable[[int], Message],
+        message_keys: Callable[[], Sequence[bytes | None]] | None,
+        timings: dict[str, float],
+    ) -> tuple[DecodedBatch, np.ndarray, np.ndarray, list[Hashable] | None]:
+        """Windows built and scored ``_window_chunk_rows()`` rows at a time, in arrival order, so
+        that every event sees the same window as in one pass and memory stays bounded."""
+        assert self._windows is not None
+        t0 = time.perf_counter()
+        entities = _bound_entities(self._entities(origin, decoded, message_keys))
+        features_s, score_s = time.perf_counter() - t0, 0.0
+        rows = self._window_chunk_rows()
+        results = []
+        for i in range(0, len(decoded.x), rows):
+            t1 = time.perf_counter()
+            x = self._windows.windows(decoded.x[i : i + rows], entities[i : i + rows])
+            t2 = time.perf_counter()
+            results.append(self.scorer.score(x))
+            features_s, score_s = features_s + t2 - t1, score_s + time.perf_counter() - t2
+        timings["features"], timings["score"] = features_s, score_s
+        scores = np.concatenate([s for s, _ in results])
+        per_feature = np.concatenate([e for _, e in results])
         return decoded, scores, per_feature, entities
 
     def _overlapped(
@@ -470,9 +520,12 @@ class Pipeline:
         results: list[tuple[np.ndarray, np.ndarray]] = []
         entities: list[Hashable] = []
         pending: PendingScores | None = None
-        for start in range(0, len(values), self.overlap_chunk):
+        chunk = self.overlap_chunk
+        if self._windows is not None:
+            chunk = min(chunk, self._window_chunk_rows())
+        for start in range(0, len(values), chunk):
             t0 = time.perf_counter()
-            part = self.decoder.decode(values[start : start + self.overlap_chunk])
+            part = self.decoder.decode(values[start : start + chunk])
             t1 = time.perf_counter()
             x, part_entities = self._model_input(
                 part, _shifted(origin, start), _shifted_keys(message_keys, start)

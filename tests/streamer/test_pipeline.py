@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import streamer.pipeline
 from streamer.alerts import MAX_ECHO_CHARS, MAX_KEY_BYTES, Alert, DeadLetter, shrink
 from streamer.config import EventSettings, ThresholdSettings
 from streamer.gate import DEFAULT_GATE_Z
@@ -374,6 +375,45 @@ def test_an_event_stamped_far_in_the_future_does_not_mute_its_entity() -> None:
     # Within the cooldown of its last alert the entity is still quiet: the rule itself holds.
     clock[0] += timedelta(minutes=1)
     assert not pipeline.process_messages([event(9, 5.0, clock[0])]).alerts
+
+
+def test_windows_are_built_a_chunk_at_a_time_with_the_same_scores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch of 5,000 events at window 256 and 256 features built 1.3 GB of windows at once."""
+    rng = np.random.default_rng(0)
+    batch = [
+        message(i, {"x": float(v[0]), "y": float(v[1]), "z": float(v[2])}, key=b"k%d" % (i % 7))
+        for i, v in enumerate(rng.normal(size=(500, 3)))
+    ]
+    whole = make(SquareScorer(window=4), alert_gate_z=0).process_messages(batch)
+    monkeypatch.setattr(streamer.pipeline, "WINDOW_CHUNK_BYTES", 37 * 4 * 3 * 4)  # 37 rows
+    scorer = SquareScorer(window=4)
+    pipeline = make(scorer, alert_gate_z=0)
+    chunked = pipeline.process_messages(batch)
+    assert [len(x) for x in scorer.seen] == [37] * 13 + [19]
+    assert np.array_equal(chunked.scores, whole.scores)
+    assert np.array_equal(chunked.alert_mask, whole.alert_mask)
+    assert np.array_equal(np.concatenate(scorer.seen)[:, :, 0][:40], _windows_of(batch, 4)[:40])
+
+
+def _windows_of(batch: list[Message], w: int) -> np.ndarray:
+    """Each event's window of x values within its key, padded with the key's first value."""
+    seen: dict[bytes | None, list[float]] = {}
+    out = []
+    for m in batch:
+        xs = seen.setdefault(m.key, [])
+        xs.append(orjson.loads(m.value)["x"])
+        out.append(([xs[0]] * w + xs)[-w:])
+    return np.asarray(out, dtype=np.float32)
+
+
+def test_entity_windows_are_bounded_by_memory_as_well_as_by_count() -> None:
+    """Window W, F features: (W - 1) x F x 4 bytes an entity; 100,000 of them at window 4,096 and
+    4,096 features, both allowed in a checkpoint, would be 6.7 TB."""
+    assert make(SquareScorer(window=4))._windows.max_entities == 100_000  # type: ignore[union-attr]
+    small = make(SquareScorer(window=4), window_memory_mb=1)
+    assert small._windows.max_entities == 2**20 // (3 * 3 * 4)  # type: ignore[union-attr]
 
 
 def test_a_model_that_scores_nan_leaves_the_running_one_in_place() -> None:
