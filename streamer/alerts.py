@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from datetime import datetime
 from typing import Any, Literal
 
@@ -139,7 +140,10 @@ def shrink(value: bytes) -> bytes | None:
     try:
         record = orjson.loads(value)
     except orjson.JSONDecodeError:
-        return None
+        try:  # a number orjson does not read (an integer past float64) must not block the shrink
+            record = json.loads(value)
+        except (ValueError, RecursionError):
+            return None
     if not isinstance(record, dict):
         return None
     if "alert_id" in record and (record.get("event") or record.get("event_truncated")):
@@ -148,7 +152,10 @@ def shrink(value: bytes) -> bytes | None:
         record["original_b64"], record["truncated"] = "", True
     else:
         return None
-    return orjson.dumps(record)
+    try:
+        return orjson.dumps(record)
+    except orjson.JSONEncodeError:
+        return json.dumps(record, separators=(",", ":")).encode("ascii")
 
 
 def dead_letter(

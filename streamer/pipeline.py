@@ -7,6 +7,8 @@ with a reason.
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from functools import cache
 from typing import Any, Protocol
 
 import numpy as np
+import orjson
 import structlog
 from pydantic_core import PydanticSerializationError
 
@@ -151,18 +154,38 @@ def _plain(key: str | int) -> Hashable:
     as the float orjson makes of it (msgspec, on the fast path, keeps it exact)."""
     if type(key) is int and key not in _INT64:
         try:
-            return _text(float(key))
+            return str(float(key))
         except OverflowError:
             return _text(key)
     return key
 
 
 def _text(value: Any) -> str:
-    """``str(value)`` of a JSON value; one nested too deep for ``str`` is named by its type alone."""
-    try:
+    """A JSON value as JSON text, an object's keys sorted: ``{"site":0}``, ``true``, ``[1,"b"]``, as a
+    subscriber writes the value it reads (Python's spelling was ``{'site': 0}``, ``True``). A value
+    nothing can write (nesting past Python's recursion, an integer past its digit limit) is named by
+    its type alone. A number beyond float64 (read as inf) is "inf", not JSON's null."""
+    if type(value) is float and not math.isfinite(value):
         return str(value)
-    except RecursionError:
-        return f"<{type(value).__name__} nested too deeply>"
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, nesting beyond orjson's 255
+        pass
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (RecursionError, ValueError):
+        return f"<{type(value).__name__} that cannot be written as JSON>"
+
+
+def _echo(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The event as an alert echoes it: plain JSON that any reader takes, or None where it is not.
+    Only an event the lenient parser read can hold what is not (streamer.decode): an integer beyond
+    64 bits, past float64's range unreadable by orjson or a float64 reader (and by then it would
+    also stop the alert's shrinking), or a number beyond float64 (inf, written as null here)."""
+    try:
+        return orjson.loads(orjson.dumps(obj))
+    except (orjson.JSONEncodeError, orjson.JSONDecodeError):
+        return None
 
 
 def _alert_key(entity: Hashable) -> tuple[str | None, bytes | None]:
@@ -631,7 +654,7 @@ class Pipeline:
                 for f in top[a].tolist()
             ]
             raw = msg.value or b""
-            small = len(raw) <= events.max_original_bytes
+            echo = _echo(obj) if len(raw) <= events.max_original_bytes else None
             alert = Alert.model_construct(
                 alert_id=f"{msg.topic}:{msg.partition}:{msg.offset}",
                 key=key_str,
@@ -649,9 +672,9 @@ class Pipeline:
                 top_features=contributions,
                 rise=None if rise is None else float(rise[j]),
                 detected_at=now,
-                event=obj if small else None,
+                event=echo,
                 event_truncated=None
-                if small
+                if echo is not None
                 else raw[: events.max_original_bytes].decode("utf-8", "replace"),
             )
             try:
@@ -667,8 +690,14 @@ class Pipeline:
         if self.events.time_field is None:
             return None
         value = obj.get(self.events.time_field)
-        if value is None or isinstance(value, int | float):
+        if value is None or type(value) is float or (type(value) is int and value in _INT64):
             return value
+        if type(value) is int:  # beyond 64 bits: the float orjson reads (on the fast path too)
+            try:
+                return float(value)
+            except OverflowError:  # beyond float64: no reader takes it as a number
+                pass
+        # true is no time (it was written 1.0): it goes out as its JSON text
         return (value if isinstance(value, str) else _text(value))[:MAX_ECHO_CHARS]
 
     def _build_dead_letters(

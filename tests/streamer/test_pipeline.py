@@ -562,6 +562,62 @@ def test_whether_an_event_is_scored_does_not_depend_on_its_neighbours_or_the_gat
         assert alert.key == ("inf" if extra.startswith(b'"id"') else "s1")
 
 
+def test_an_echo_with_an_integer_past_float64_goes_out_as_text_and_can_still_shrink() -> None:
+    """The echo kept a 320-digit integer exactly: orjson and float64 readers could not read the
+    alert, and `shrink` (which re-reads it) could not make it smaller, so a topic that refused the
+    alert as too large stopped the detector on it at every restart."""
+    raw = b'{"x":30,"y":1,"z":1,"id":"s1","n":1' + b"0" * 320 + b"}"
+    result = make(key_field="id", alert_gate_z=0).process_messages([message(0, {}, raw=raw)])
+    record = result.alerts[0][1]
+    alert = orjson.loads(record)  # every reader takes it
+    assert alert["event"] is None and alert["event_truncated"] == raw.decode()
+    smaller = shrink(record)
+    assert smaller is not None and orjson.loads(smaller)["event_truncated"] is None
+    # An alert written before, with the integer in its echo, shrinks too.
+    old = record.replace(b'"event":null', b'"event":' + raw, 1)
+    smaller = shrink(old)
+    assert smaller is not None and b'"event":null' in smaller and len(smaller) < len(old)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (True, "true"),
+        ({"site": 0, "a": [1, "b"]}, '{"a":[1,"b"],"site":0}'),
+        ([1, "b"], '[1,"b"]'),
+    ],
+)
+def test_a_key_field_that_is_not_a_string_or_number_is_keyed_by_its_json_text(
+    value: object, text: str
+) -> None:
+    """Python's spelling went out ("True", "{'site': 0}"): a subscriber that keys by the event's JSON
+    value could not match it, and one object with its fields in another order was another entity."""
+    pipeline = make(key_field="id", time_field="ts", alert_gate_z=0, alert_cooldown_s=0)
+    reordered = dict(reversed(list(value.items()))) if isinstance(value, dict) else value
+    batch = [
+        message(i, {"x": 30, "y": 1, "z": 1, "id": v, "ts": value})
+        for i, v in enumerate((value, reordered))
+    ]
+    alerts = [Alert.model_validate_json(r) for _, r in pipeline.process_messages(batch).alerts]
+    assert [a.key for a in alerts] == [text, text]
+    assert [k for k, _ in pipeline.process_messages(batch).alerts] == [text.encode()] * 2
+    assert alerts[0].event_time == text
+
+
+@pytest.mark.parametrize("neighbour", [b'{"x":0,"y":0,"z":0}', b"{oops"])
+def test_an_event_time_past_64_bits_is_a_float_and_past_float64_its_text(neighbour: bytes) -> None:
+    """Past float64 it was written as a 320-digit number no float64 reader takes; either decode path
+    (a malformed neighbour sends the batch down the lenient one) gives the same."""
+    pipeline = make(time_field="ts", alert_gate_z=0, alert_cooldown_s=0)
+    batch = [
+        message(i, {}, raw=b'{"x":30,"y":1,"z":1,"ts":' + str(t).encode() + b"}")
+        for i, t in enumerate((10**30, 10**320))
+    ]
+    result = pipeline.process_messages([*batch, message(2, {}, raw=neighbour)])
+    times = [orjson.loads(r)["event_time"] for _, r in result.alerts]
+    assert times == [1e30, str(10**320)[:MAX_ECHO_CHARS]]  # text is cut, as every echo
+
+
 def test_swap_to_a_windowed_model_decodes_the_key_field_as_a_fresh_pipeline_does() -> None:
     """The new decoder was built from the old model's needs: after dense -> conv, no key field, so
     every event was parsed again in Python to find its entity."""
