@@ -87,6 +87,9 @@ class TrainResult:
     history: list[dict[str, float]]  # one {"epoch", "train_loss", "val_loss"} per epoch run
     best_epoch: int  # 1-based epoch whose weights were kept
     scorer: Scorer  # loaded back from `path`
+    # conv: entities with fewer rows than the window, left out of training (and their rows)
+    short_entities: int = 0
+    short_rows: int = 0
 
 
 def _round8(n: int) -> int:
@@ -128,6 +131,8 @@ class _Split:
     train: np.ndarray  # (n_train,) int64 start rows
     val: np.ndarray  # (n_val,) int64 start rows
     window: int  # 1: a sample is one row; else W consecutive rows
+    short_entities: int = 0  # entities left out: fewer rows than the window
+    short_rows: int = 0
 
     def take(self, x: np.ndarray | torch.Tensor, starts: Any) -> Any:
         """Samples at `starts` from rows x: (B, F), or (B, W, F) windows."""
@@ -166,20 +171,26 @@ def _split(
     raw = data[order]
     mask = np.zeros(n, dtype=bool)
     tr_starts, val_starts = [], []
+    short = short_rows = 0
     for a, b in itertools.pairwise(bounds):
-        if b - a < w:
-            raise ValueError(f"window={w} is longer than an entity's {b - a} rows")
+        if b - a < w:  # no window of its own: left out (the detector pads such an entity's windows)
+            short, short_rows = short + 1, short_rows + int(b - a)
+            continue
         cut = b - round((b - a) * config.val_fraction)  # rows [a, cut) train, [cut, b) validate
         mask[a:cut] = True
         tr_starts.append(np.arange(a, cut - w + 1))
         val_starts.append(np.arange(cut, b - w + 1))
+    if not tr_starts:
+        raise ValueError(
+            f"window={w} is longer than every entity's rows (the longest has {int(np.diff(bounds).max())})"
+        )
     tr, val = np.concatenate(tr_starts), np.concatenate(val_starts)
     if len(tr) == 0 or len(val) == 0:
         raise ValueError(
             f"window={w} leaves no {'training' if len(tr) == 0 else 'validation'} windows; "
             "use more rows, a shorter window or another val_fraction"
         )
-    return _Split(raw, tr, val, w), mask
+    return _Split(raw, tr, val, w, short, short_rows), mask
 
 
 def _loss(
@@ -348,4 +359,11 @@ def train(
         error_scale=error_scale,
     )
     save_loss_curve(history, best_epoch, out.parent / f"{out.stem}.loss.png")
-    return TrainResult(out, history, best_epoch, load_checkpoint(out, device=config.device))
+    return TrainResult(
+        out,
+        history,
+        best_epoch,
+        load_checkpoint(out, device=config.device),
+        split.short_entities,
+        split.short_rows,
+    )

@@ -151,6 +151,13 @@ def train_command(args: argparse.Namespace) -> int:
             hint="name the real features with --features to leave these out",
         )
     result = train(x, features, config, args.out, entities=entities)
+    if result.short_entities:
+        log.warning(
+            "entities_left_out",
+            entities=result.short_entities,
+            rows=result.short_rows,
+            why=f"fewer rows than the window ({args.window})",
+        )
     best = result.history[result.best_epoch - 1]
     print(
         orjson.dumps(
@@ -164,6 +171,7 @@ def train_command(args: argparse.Namespace) -> int:
                 "val_loss": best["val_loss"],
                 "loss_curve": str(result.path.with_suffix(".loss.png")),
                 "suspect_features": suspects,
+                "entities_left_out": result.short_entities,
             }
         ).decode()
     )

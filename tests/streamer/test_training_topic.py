@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,3 +94,27 @@ def test_an_entity_column_that_is_also_a_feature(topic: list) -> None:
     )
     assert features == ["machine", "v"] and entities is not None and len(entities) == 400
     assert len(np.unique(entities)) == 4
+
+
+def test_a_conv_trains_on_a_topic_where_some_key_is_rarely_seen(
+    topic: list, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One key with 3 events stopped the whole training ("window=16 is longer than an entity's 3
+    rows"): such an entity is left out and counted. Only when every entity is short is it an error."""
+    from streamer.cli import main
+
+    rng = np.random.default_rng(0)
+    for i in range(600):
+        for sensor in (b"a", b"b"):
+            topic.append((sensor, orjson.dumps({"v": float(np.sin(i / 9)) + rng.normal(0, 0.1)})))
+    topic += [(b"rare", orjson.dumps({"v": 0.5}))] * 3
+    argv = ["train", "--from-topic", "t", "--bootstrap", "127.0.0.1:9", "--model", "conv"]
+    argv += ["--window", "16", "--epochs", "2", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "c.safetensors")]) == 0
+    captured = capsys.readouterr()
+    summary = orjson.loads(captured.out)
+    assert summary["rows"] == 1_203 and summary["entities_left_out"] == 1
+    assert "entities_left_out" in captured.err
+    del topic[:-3]  # only the rare key is left
+    assert main([*argv, "--out", str(tmp_path / "d.safetensors")]) == 2
+    assert "longer than every entity's rows" in capsys.readouterr().err
