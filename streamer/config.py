@@ -62,6 +62,11 @@ class _Section(BaseModel):
 
 # librdkafka's default; a consumer that does not poll for this long leaves its group.
 _MAX_POLL_INTERVAL_MS = 300_000
+# The producer's message.timeout.ms unless kafka.extra sets it (librdkafka's default is 300 s).
+DEFAULT_MESSAGE_TIMEOUT_MS = 120_000
+# The detector waits for a batch's output at most message.timeout.ms and this much more
+# (streamer.runner), without polling its consumer.
+FLUSH_SLACK_MS = 10_000
 
 
 def _int_or_none(value: SecretStr | None) -> int | None:
@@ -112,17 +117,21 @@ class KafkaSettings(_Section):
             )
         # The detector waits for every record of a batch to settle before it commits, without polling
         # the consumer: librdkafka's 0 ("never give up") would stop the service at the first slow
-        # flush, and a wait past max.poll.interval.ms drops the consumer from its group.
+        # flush, and a wait past max.poll.interval.ms drops the consumer from its group. Checked on
+        # the values in effect, defaults included.
         poll_ms = _int_or_none(value.get("max.poll.interval.ms")) or _MAX_POLL_INTERVAL_MS
-        for key in ("message.timeout.ms", "delivery.timeout.ms"):
-            if key in value:
-                ms = _int_or_none(value[key])
-                if ms is None or not 0 < ms < poll_ms:
-                    raise ValueError(
-                        f"{key} must be a whole number of milliseconds above 0 and below "
-                        f"max.poll.interval.ms ({poll_ms}): the detector waits that long for a "
-                        "batch's alerts before it commits, without polling its consumer"
-                    )
+        key = next(
+            (k for k in ("delivery.timeout.ms", "message.timeout.ms") if k in value),
+            "message.timeout.ms",
+        )
+        ms = _int_or_none(value[key]) if key in value else DEFAULT_MESSAGE_TIMEOUT_MS
+        if ms is None or not 0 < ms < poll_ms - FLUSH_SLACK_MS:
+            raise ValueError(
+                f"{key} ({'set' if key in value else DEFAULT_MESSAGE_TIMEOUT_MS}) must be a whole "
+                f"number of milliseconds above 0 and below max.poll.interval.ms ({poll_ms}) less "
+                f"{FLUSH_SLACK_MS}: the detector waits that long and {FLUSH_SLACK_MS // 1000} s "
+                "more for a batch's alerts before it commits, without polling its consumer"
+            )
         return value
 
     def common_config(self) -> dict[str, Any]:
@@ -161,7 +170,7 @@ class KafkaSettings(_Section):
             # A record is acknowledged or failed within this (librdkafka's default is 300 s): the
             # detector waits that long for a batch's output, below the consumer's 300 s
             # max.poll.interval.ms. `extra` may override these three.
-            "message.timeout.ms": 120_000,
+            "message.timeout.ms": DEFAULT_MESSAGE_TIMEOUT_MS,
             "linger.ms": 5,
             "compression.type": "lz4",
             **self.common_config(),

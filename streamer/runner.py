@@ -40,7 +40,7 @@ from confluent_kafka import Message as KafkaMessage
 
 from streamer.alerts import bound_key, shrink
 from streamer.batching import MicroBatcher
-from streamer.config import Settings
+from streamer.config import FLUSH_SLACK_MS, Settings
 from streamer.errors import BrokerError, DeliveryError
 from streamer.kafka_io import client
 from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
@@ -432,15 +432,16 @@ class Detector:
     def _flush(self) -> None:
         """Wait until every record produced is acknowledged or failed (a broker's leader election can
         take longer than a batch); librdkafka settles each within ``message.timeout.ms``."""
-        deadline = time.monotonic() + self._delivery_timeout_s + 10.0
-        remaining = self.producer.flush(30.0)
-        while remaining and time.monotonic() < deadline:
+        wait_s = self._delivery_timeout_s + FLUSH_SLACK_MS / 1000
+        deadline = time.monotonic() + wait_s
+        # Never past the deadline: the settings keep it below max.poll.interval.ms (streamer.config).
+        remaining = self.producer.flush(min(30.0, wait_s))
+        while remaining and (left := deadline - time.monotonic()) > 0:
             log.warning("output_not_acknowledged_yet", records=remaining)
-            remaining = self.producer.flush(30.0)
+            remaining = self.producer.flush(min(30.0, left))
         if remaining:
             raise DeliveryError(
-                f"{remaining} alerts/dead letters not acknowledged within "
-                f"{self._delivery_timeout_s + 10:g} s"
+                f"{remaining} alerts/dead letters not acknowledged within {wait_s:g} s"
             )
 
     def _resend_smaller(self) -> None:

@@ -143,10 +143,14 @@ def test_extra_overrides_the_producer_defaults() -> None:
         # past max.poll.interval.ms the group drops the consumer while it waits
         {"message.timeout.ms": "300000"},
         {"message.timeout.ms": "200000", "max.poll.interval.ms": "150000"},
+        # the wait is the timeout and 10 s more: 299,999 let it run to about 310 s
+        {"message.timeout.ms": "299999"},
+        # the default 120 s timeout against a poll interval set alone
+        {"max.poll.interval.ms": "60000"},
     ],
 )
 def test_a_delivery_timeout_the_detector_cannot_wait_out_is_refused(extra: dict[str, str]) -> None:
-    key = next(k for k in extra if "timeout" in k)
+    key = next((k for k in extra if k.endswith("timeout.ms")), "message.timeout.ms")
     with pytest.raises(ConfigError, match=re.escape(key) + ".*max.poll.interval.ms"):
         load_settings(None, {"kafka": {"extra": extra}})
 

@@ -168,6 +168,28 @@ def test_output_never_acknowledged_stops_before_any_commit() -> None:
     assert d.offsets.uncommitted() == [] and d.consumer.commits == []
 
 
+def test_the_wait_for_output_never_runs_past_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each flush asked for 30 s whatever was left: a 120 s timeout could wait up to 160 s, and a
+    timeout near max.poll.interval.ms past it, when the group drops a consumer that does not poll."""
+    clock = [1_000.0]
+    monkeypatch.setattr("streamer.runner.time.monotonic", lambda: clock[0])
+
+    asked: list[float] = []
+
+    class Stuck(SlowProducer):
+        def flush(self, timeout: float) -> int:
+            asked.append(timeout)
+            clock[0] += timeout  # librdkafka waits the whole timeout when nothing settles
+            return super().flush(timeout)
+
+    d, _ = detector(limit=10**9)
+    d.producer = Stuck(slow_flushes=10**9)  # type: ignore[assignment]
+    d._delivery_timeout_s = 45.0  # waits 45 + 10 s at most
+    with pytest.raises(DeliveryError, match="within 55 s"):
+        d._process(batch())
+    assert asked[:2] == [30.0, 25.0] and clock[0] - 1_000.0 <= 55.0
+
+
 def test_an_offset_that_goes_back_is_committed_as_it_is() -> None:
     """After a log truncation the consumer reads on from a lower offset without a revocation; the
     records there were processed, so the lower offset is the one to commit (not the old, higher one)."""
