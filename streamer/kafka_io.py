@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from streamer.alerts import bound_key
 from streamer.errors import BrokerError, ConfigError
 
 C = TypeVar("C")
@@ -64,8 +65,8 @@ def read_topic_records(
     idle_s: float = 3.0,
     max_message_bytes: int = 1_048_576,
 ) -> Iterator[tuple[bytes | None, bytes | None]]:
-    """``read_topic``, with each value's Kafka key: ``(key, value)``. A key is bounded by the
-    consumer's own fetch limits; only the value is checked against ``max_message_bytes``."""
+    """``read_topic``, with each value's Kafka key: ``(key, value)``; a key over ``MAX_KEY_BYTES`` is
+    ``sha256:<hex>`` of it, as the detector keys it (``streamer.alerts.bound_key``)."""
     client_errors: list[KafkaError] = []  # authentication, TLS, transport: not from consume()
     read_errors: list[KafkaError] = []  # from consume(): the topic's partitions
     consumer = client(
@@ -105,7 +106,8 @@ def read_topic_records(
                 last = time.monotonic()
                 value = m.value()
                 n += 1
-                yield m.key(), value if value is None or len(value) <= max_message_bytes else None
+                small = value is None or len(value) <= max_message_bytes
+                yield bound_key(m.key()), value if small else None
         # An empty topic reads as nothing, without an error; a lone dropped connection is retried.
         unread = read_errors + [e for e in client_errors if e.code() == _ALL_BROKERS_DOWN]
         if n == 0 and unread:

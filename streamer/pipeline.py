@@ -177,6 +177,16 @@ def _text(value: Any) -> str:
         return f"<{type(value).__name__} that cannot be written as JSON>"
 
 
+def entity_of(obj: dict[str, Any], key_field: str | None, kafka_key: bytes | None) -> Hashable:
+    """An event's entity, as the detector keys its windows, rise gate and cooldown (and ``streamer
+    train`` groups a conv model's windows): its ``key_field`` value when present (a str or an int as
+    it is, anything else as its JSON text), else its Kafka key; bounded (``_bound_entity``)."""
+    value = obj.get(key_field) if key_field is not None else None
+    if value is None:
+        return _bound_entity(kafka_key)
+    return _bound_entity(_plain(value) if type(value) in _PLAIN_KEYS else _text(value))
+
+
 def _echo(obj: dict[str, Any]) -> dict[str, Any] | None:
     """The event as an alert echoes it: plain JSON that any reader takes, or None where it is not.
     Only an event the lenient parser read can hold what is not (streamer.decode): an integer beyond
@@ -577,11 +587,9 @@ class Pipeline:
         self, origin: Callable[[int], Message], index: int, obj: dict[str, Any]
     ) -> Hashable:
         """The event's entity: its key field when configured and present, else the Kafka message key."""
-        field_name = self.events.key_field
-        if field_name is not None:
-            value = obj.get(field_name)
-            if value is not None:
-                return _bound_entity(_plain(value) if type(value) in (str, int) else _text(value))
+        key_field = self.events.key_field
+        if key_field is not None and obj.get(key_field) is not None:
+            return entity_of(obj, key_field, None)
         return _bound_entity(origin(index).key)
 
     def _entities(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
+from collections.abc import Hashable
 
 import numpy as np
 import orjson
@@ -17,8 +17,6 @@ log = structlog.get_logger(__name__)
 
 # Events looked at to choose the features of a topic, as for a file's columns (streamer.data).
 _SAMPLE_EVENTS = 1_000
-# An entity longer than this is grouped by its digest (the detector bounds its keys alike).
-_LONG_ENTITY = 256
 
 
 def _topic_features(values: list[bytes | None], entity_column: str | None) -> list[str]:
@@ -40,16 +38,6 @@ def _topic_features(values: list[bytes | None], entity_column: str | None) -> li
             if type(field) in (int, float) and k != entity_column:
                 counts[k] = counts.get(k, 0) + 1
     return [k for k, c in counts.items() if 2 * c >= len(events)]
-
-
-def _entity(obj: dict[str, object], field: str | None, key: bytes | None) -> str:
-    """A row's entity as ``streamer run`` groups rows: the event's ``field`` when present, else its
-    Kafka key (kept apart: the field's 7 is not the key b"7")."""
-    value = obj.get(field) if field is not None else None
-    text = f"f{value!r}" if value is not None else f"k{key!r}"
-    if len(text) > _LONG_ENTITY:
-        text = "h" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    return text
 
 
 # Fewer rows than this say too little about a column to call it a counter or an id.
@@ -85,6 +73,7 @@ def table_from_topic(args: argparse.Namespace) -> tuple[np.ndarray, list[str], n
     """
     from streamer.config import load_settings
     from streamer.kafka_io import read_topic_records
+    from streamer.pipeline import entity_of
 
     # The connection as `streamer run` makes it (security settings from the file or the environment)
     overrides = {"kafka": {"bootstrap_servers": args.bootstrap}} if args.bootstrap else None
@@ -115,8 +104,16 @@ def table_from_topic(args: argparse.Namespace) -> tuple[np.ndarray, list[str], n
     rows = decoded.valid.tolist()
     if args.entity_column is None and all(records[i][0] is None for i in rows):
         return decoded.x, list(features), None  # no keys at all: one stream, as `run` sees it
+    # Each entity as the detector keys it (str, int or bytes alike), numbered for grouping.
+    codes: dict[Hashable, int] = {}
     entities = np.array(
-        [_entity(decoded.event(j), args.entity_column, records[i][0]) for j, i in enumerate(rows)]
+        [
+            codes.setdefault(
+                entity_of(decoded.event(j), args.entity_column, records[i][0]), len(codes)
+            )
+            for j, i in enumerate(rows)
+        ],
+        dtype=np.int64,
     )
     return decoded.x, list(features), entities
 

@@ -118,3 +118,32 @@ def test_a_conv_trains_on_a_topic_where_some_key_is_rarely_seen(
     del topic[:-3]  # only the rare key is left
     assert main([*argv, "--out", str(tmp_path / "d.safetensors")]) == 2
     assert "longer than every entity's rows" in capsys.readouterr().err
+
+
+def test_training_groups_rows_as_the_detector_keys_them(topic: list) -> None:
+    """Training had its own rule, which put 7.0 and "7.0" (one entity to the detector) apart."""
+    from streamer.config import EventSettings, ThresholdSettings
+    from streamer.pipeline import Message, Pipeline
+
+    values = [7.0, "7.0", True, "true", {"b": 1, "a": 2}, {"a": 2, "b": 1}]
+    events = [orjson.dumps({"m": v, "v": float(i)}) for i, v in enumerate(values)]
+    topic += [(b"k", e) for e in events]
+    _, _, entities = table_from_topic(args(entity_column="m", features=["v"]))
+    assert entities is not None
+    groups = sorted(sorted(np.flatnonzero(entities == e).tolist()) for e in np.unique(entities))
+
+    class Everything:
+        kind, name, version, features, window = "dense", "s", "1", ("v",), 1
+        train_scores = np.zeros(1_000)
+
+        def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return np.full(len(x), 1e9), np.ones_like(x)
+
+    pipeline = Pipeline(
+        Everything(), ThresholdSettings(), EventSettings(key_field="m", alert_cooldown_s=0)
+    )
+    batch = [Message(e, b"k", "t", 0, i, 0) for i, e in enumerate(events)]
+    keys = [k for k, _ in pipeline.process_messages(batch).alerts]
+    assert len(keys) == len(values)
+    by_key = sorted(sorted(i for i, k in enumerate(keys) if k == key) for key in set(keys))
+    assert groups == by_key == [[0, 1], [2, 3], [4, 5]]
