@@ -279,8 +279,9 @@ class EventSettings(_Section):
     alert_gate_short: int = Field(default=DEFAULT_SHORT, ge=1, le=1_000_000)
     alert_gate_long: int = Field(default=DEFAULT_LONG, ge=2, le=10_000_000)
     # A windowed model (conv) keeps each entity's last W - 1 rows: up to 100,000 entities, or fewer
-    # where that would take more than this much memory (W x features x 4 bytes each; the least
-    # recently seen entity is forgotten first, and its next window is padded again).
+    # where their window data would take more than this much memory ((W - 1) x features x 4 bytes
+    # each, plus ~250 bytes of bookkeeping not counted here; the least recently seen entity is
+    # forgotten first, and its next window is padded again).
     window_memory_mb: int = Field(default=1_024, ge=1, le=1_048_576)
 
     def gate_z(self, windowed: bool) -> float:

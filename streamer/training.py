@@ -44,21 +44,33 @@ def _topic_features(values: list[bytes | None], entity_column: str | None) -> li
 _SUSPECT_MIN_ROWS = 100
 
 
-def suspect_features(x: np.ndarray, features: list[str]) -> dict[str, str]:
+def suspect_features(
+    x: np.ndarray, features: list[str], entities: np.ndarray | None = None
+) -> dict[str, str]:
     """Feature columns that look like counters, clocks or ids, each with why.
 
     Such a column is never "normal" in service: its values leave the training range as the stream
     goes on, so every event's error grows with it (the simulator's ``seq`` counter took the share of
     events over the threshold from 2 % to 42 % along a stream). Only a warning: a column that rises
-    in normal operation (an energy meter) can still be meant.
+    in normal operation (an energy meter) can still be meant. "Never decreases" rather than "always
+    increases": in float32 an epoch clock or a counter past 2**24 repeats values. With entities,
+    per entity (a topic's partitions interleave them).
     """
     if len(x) < _SUSPECT_MIN_ROWS:
         return {}
+    order = np.arange(len(x)) if entities is None else np.argsort(entities, kind="stable")
+    # steps within an entity only: the first row of each entity starts afresh
+    same = (
+        np.ones(len(x) - 1, dtype=bool)
+        if entities is None
+        else entities[order][1:] == entities[order][:-1]
+    )
     found: dict[str, str] = {}
     for j, name in enumerate(features):
-        col = x[:, j].astype(np.float64)
-        if bool(np.all(np.diff(col) > 0)):
-            found[name] = "only ever increases (a counter or a clock)"
+        col = x[order, j].astype(np.float64)
+        steps = np.diff(col)[same]
+        if steps.size and bool(np.all(steps >= 0)) and bool(np.any(steps > 0)):
+            found[name] = "never decreases (a counter or a clock)"
         elif bool(np.all(col == np.round(col))) and len(np.unique(col)) == len(col):
             found[name] = "every value is a different integer (an id or a counter)"
     return found
@@ -140,7 +152,7 @@ def train_command(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     # Columns the user did not name are checked; named ones were meant.
-    suspects = suspect_features(x, list(features)) if args.features is None else {}
+    suspects = suspect_features(x, list(features), entities) if args.features is None else {}
     if suspects:
         log.warning(
             "suspect_features",

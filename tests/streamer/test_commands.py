@@ -233,6 +233,31 @@ def test_demo_with_no_anomaly_to_find_says_so(capsys: pytest.CaptureFixture[str]
     assert "no labelled anomaly" in capsys.readouterr().err
 
 
+def test_clocks_and_counters_are_named_in_float32_and_per_entity(frame) -> None:
+    """In float32 an epoch clock or a counter past 2**24 repeats values, so "always increases"
+    missed them; a per-sensor counter read from several partitions never rises overall."""
+    from streamer.training import suspect_features
+
+    x, features, _ = frame
+    n = 400
+    rng = np.random.default_rng(0)
+    keys = np.array([f"s{k}" for k in rng.integers(0, 4, n)])
+    per_entity = np.zeros(n)
+    for k in np.unique(keys):
+        per_entity[keys == k] = np.arange((keys == k).sum())
+    columns = {
+        "epoch_s": 1.7e9 + np.arange(n),
+        "epoch_ms": 1.7e12 + 1_000 * np.arange(n),
+        "seq_big": 2e7 + np.arange(n),
+        "seq_per_sensor": per_entity,
+    }
+    table = np.column_stack([*columns.values(), x[:n]]).astype(np.float32)
+    found = suspect_features(table, [*columns, *features], keys)
+    assert set(found) == set(columns)
+    assert suspect_features(table, [*columns, *features])  # without entities: the clocks still
+    assert "seq_per_sensor" not in suspect_features(table, [*columns, *features])
+
+
 def test_train_names_columns_that_look_like_counters_or_ids(
     frame, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -251,7 +276,7 @@ def test_train_names_columns_that_look_like_counters_or_ids(
     assert len(captured.out.strip().splitlines()) == 1
     out = orjson.loads(captured.out)
     assert set(out["suspect_features"]) == {"seq", "txn_id"}
-    assert "increases" in out["suspect_features"]["seq"]
+    assert "never decreases" in out["suspect_features"]["seq"]
     assert "id" in out["suspect_features"]["txn_id"]
     # The simulator's real features are not suspects, and named features are not checked.
     train(path, tmp_path / "b.safetensors", "--features", ",".join(["seq", *features]))
