@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
 
 SCHEMA_VERSION = 1  # bump with the Literal below when a field changes meaning
 # Keys are echoed twice in every record (as its Kafka key and in its JSON), and a key is read from the
@@ -186,6 +187,48 @@ def to_json(record: BaseModel) -> bytes:
     return record.__pydantic_serializer__.to_json(record)
 
 
+# Documents what streamer.runner writes to the scores topic: built there as a plain dict, for speed;
+# the tests validate what it writes against this model's schema.
+class ScoreRecord(_Record):
+    """One scored event on the optional scores topic; its Kafka key is the input message's Kafka key."""
+
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    score: float
+    threshold: float | None = Field(
+        description="the threshold the score was compared with; null while it is not yet finite"
+    )
+    alert: bool = Field(description="whether an alert was published for the event")
+
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+RECORDS: dict[str, type[_Record]] = {
+    "alert": Alert,
+    "dead_letter": DeadLetter,
+    "score": ScoreRecord,
+}
+
+
 def json_schemas() -> dict[str, Any]:
-    """The JSON schemas of both records, as documented in the README."""
-    return {"alert": Alert.model_json_schema(), "dead_letter": DeadLetter.model_json_schema()}
+    """One self-contained JSON Schema document for every record the detector writes: valid input is
+    any one of them, and each is ``#/$defs/<Model>`` (Alert, DeadLetter, ScoreRecord)."""
+    _, top = models_json_schema(
+        [(model, "serialization") for model in RECORDS.values()],
+        title="ae-streamer output records",
+    )
+    defs = top["$defs"]
+    return {
+        "$schema": JSON_SCHEMA_DIALECT,
+        "title": top["title"],
+        "anyOf": [{"$ref": f"#/$defs/{model.__name__}"} for model in RECORDS.values()],
+        "$defs": defs,
+    }
+
+
+def json_schema(record: str) -> dict[str, Any]:
+    """The self-contained JSON Schema of one record kind: ``alert``, ``dead_letter`` or ``score``."""
+    return {
+        "$schema": JSON_SCHEMA_DIALECT,
+        **RECORDS[record].model_json_schema(mode="serialization"),
+    }

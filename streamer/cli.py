@@ -187,9 +187,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from streamer.alerts import json_schemas
+    from streamer.alerts import json_schema, json_schemas
 
-    print(orjson.dumps(json_schemas(), option=orjson.OPT_INDENT_2).decode())
+    document = json_schemas() if args.record is None else json_schema(args.record)
+    print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
@@ -270,7 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.register(sub)
     bench.register(sub)
 
-    p = sub.add_parser("schema", help="print the JSON schemas of alerts and dead letters")
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of the records the detector writes (alerts, dead letters, scores)",
+    )
+    p.add_argument(
+        "record",
+        nargs="?",
+        choices=["alert", "dead_letter", "score"],
+        help="one record kind's schema alone (default: one document holding all three)",
+    )
     p.set_defaults(func=cmd_schema)
     return parser
 

@@ -11,9 +11,19 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 
 import streamer.pipeline
-from streamer.alerts import MAX_ECHO_CHARS, MAX_KEY_BYTES, Alert, DeadLetter, shrink
+from streamer.alerts import (
+    MAX_ECHO_CHARS,
+    MAX_KEY_BYTES,
+    Alert,
+    DeadLetter,
+    json_schema,
+    json_schemas,
+    shrink,
+)
+from streamer.cli import main
 from streamer.config import EventSettings, ThresholdSettings
 from streamer.gate import DEFAULT_GATE_Z
 from streamer.pipeline import Message, Pipeline
@@ -652,3 +662,69 @@ def test_an_events_entity_is_the_same_on_both_decode_paths_and_in_its_alert(
         assert pipeline._entities(batch.__getitem__, decoded)[0] == entity, neighbour
         result = pipeline.process_messages(batch)
         assert Alert.model_validate_json(result.alerts[0][1]).key == str(entity)
+
+
+# `streamer schema`: one self-contained JSON Schema document for the records subscribers read, and
+# what the detector writes validates against it (jsonschema, draft 2020-12).
+def _schema_records() -> tuple[list[dict], list[dict]]:
+    """Alerts and dead letters from a batch with the awkward cases: a truncated echo, keys that are
+    not UTF-8 or too long, key fields that are objects or booleans, malformed messages."""
+    pipeline = Pipeline(
+        SquareScorer(),
+        ThresholdSettings(q=0.99),
+        EventSettings(key_field="id", time_field="ts", alert_gate_z=0, alert_cooldown_s=0),
+    )
+    events = [
+        ({"x": 30, "y": 1, "z": 1, "id": "s1", "ts": "2026-01-01T00:00:00Z"}, b"k"),
+        ({"x": 30, "y": 1, "z": 1, "note": "n" * 9_000}, b"\xff\xfe"),
+        ({"x": 30, "y": 1, "z": 1, "id": {"site": 1}, "ts": True}, b"k" * 3_000),
+        ({"x": 30, "y": 1, "z": 1, "id": False, "ts": 1.5e30}, None),
+    ]
+    batch = [Message(orjson.dumps(e), k, "in", 0, i, 1_000) for i, (e, k) in enumerate(events)]
+    batch += [
+        Message(b"{oops", b"\xff" * 2_000, "in", 1, 0, None),
+        Message(orjson.dumps({"x": "hot"}), None, "in", 1, 1, 5),
+        Message(None, b"k", "in", 1, 2, 5),
+    ]
+    result = pipeline.process_messages(batch)
+    assert len(result.alerts) == 4 and len(result.dead_letters) == 3
+    return [orjson.loads(v) for _, v in result.alerts], [
+        orjson.loads(v) for _, v in result.dead_letters
+    ]
+
+
+def test_the_document_is_one_schema_that_holds_every_record_kind() -> None:
+    """It was {"alert": ..., "dead_letter": ...}: as a schema it took anything, and the $refs inside
+    each part pointed at a root without $defs."""
+    document = json_schemas()
+    Draft202012Validator.check_schema(document)
+    validator = Draft202012Validator(document)
+    alerts, dead = _schema_records()
+    for record in alerts + dead:
+        validator.validate(record)
+    score = {
+        "topic": "in",
+        "partition": 0,
+        "offset": 3,
+        "score": 0.5,
+        "threshold": None,
+        "alert": False,
+    }
+    validator.validate(score)
+    for wrong in ({"not": "an alert"}, {**alerts[0], "score": "high"}, {**score, "extra": 1}):
+        assert not validator.is_valid(wrong)
+
+
+@pytest.mark.parametrize("kind", ["alert", "dead_letter", "score"])
+def test_each_record_kind_has_a_schema_of_its_own(
+    kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["schema", kind]) == 0
+    schema = orjson.loads(capsys.readouterr().out)
+    assert schema == json_schema(kind)
+    validator = Draft202012Validator(schema)
+    alerts, dead = _schema_records()
+    mine = {"alert": alerts, "dead_letter": dead, "score": []}[kind]
+    others = {"alert": dead, "dead_letter": alerts, "score": alerts + dead}[kind]
+    assert all(validator.is_valid(r) for r in mine)
+    assert not any(validator.is_valid(r) for r in others)

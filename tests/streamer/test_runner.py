@@ -190,6 +190,24 @@ def test_the_wait_for_output_never_runs_past_its_deadline(monkeypatch: pytest.Mo
     assert asked[:2] == [30.0, 25.0] and clock[0] - 1_000.0 <= 55.0
 
 
+def test_score_records_validate_against_their_schema() -> None:
+    """The scores topic had no schema; its records are built as plain dicts, so this is the check."""
+    from jsonschema import Draft202012Validator
+
+    from streamer.alerts import json_schema
+
+    d, producer = detector(limit=10**9)
+    d.settings = d.settings.model_copy(
+        update={"kafka": d.settings.kafka.model_copy(update={"scores_topic": "scores"})}
+    )
+    d._process(batch())
+    scores = [orjson.loads(v) for t, _, v in producer.delivered if t == "scores"]
+    assert len(scores) == 3 and sum(r["alert"] for r in scores) == 2
+    validator = Draft202012Validator(json_schema("score"))
+    for record in scores:
+        validator.validate(record)
+
+
 def test_an_offset_that_goes_back_is_committed_as_it_is() -> None:
     """After a log truncation the consumer reads on from a lower offset without a revocation; the
     records there were processed, so the lower offset is the one to commit (not the old, higher one)."""
