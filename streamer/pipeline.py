@@ -688,7 +688,8 @@ class Pipeline:
             try:
                 record = to_json(alert)
             except (PydanticSerializationError, RecursionError):
-                # An echo nested deeper than the serializer goes: the alert goes out without it.
+                # A guard: `_echo` passes only what orjson writes (nesting within 255), which
+                # pydantic writes too; were the echo to fail, the alert goes out without it.
                 text = raw[: events.max_original_bytes].decode("utf-8", "replace")
                 record = to_json(alert.model_copy(update={"event": None, "event_truncated": text}))
             out.append((kafka_key, record))
