@@ -78,7 +78,9 @@ class AlertCooldown:
             previous = last.get(key)
             if (
                 previous is not None
-                and t < previous[0]
+                # within one cooldown of the last published alert, either side: an event time
+                # further back is a clock that jumped back, not a repeat of that alert
+                and previous[0] - 2 * self.cooldown_ms <= t < previous[0]
                 and not (factor and previous[1] > 0 and score >= factor * previous[1])
             ):
                 out.append(False)

@@ -15,7 +15,9 @@ def reference(cooldown_ms: float, batches: list[list[tuple[str, int]]]) -> list[
     for batch in batches:
         kept = []
         for key, t in batch:
-            ok = key not in last or t >= last[key] + cooldown_ms
+            # quiet within one cooldown after its last alert; a time more than one cooldown before
+            # that alert is a clock that jumped back: published, and the quiet period starts there
+            ok = key not in last or not last[key] - cooldown_ms <= t < last[key] + cooldown_ms
             if ok:
                 last[key] = t
             kept.append(ok)
@@ -37,6 +39,19 @@ def test_cooldown_equals_reference(cooldown_s: int, batches: list[list[tuple[str
         assert all(all(b) for b in got)
     else:
         assert got == reference(cooldown_s * 1000.0, batches)
+
+
+@pytest.mark.parametrize("jump_s", [-86_400.0, -3_600.0, -1.7e9])
+def test_a_clock_that_jumps_back_does_not_silence_its_entity(jump_s: float) -> None:
+    """The quiet period was measured in the old time: after a clock set back a day (or a device
+    reset to 1970, counting on), every later alert of the entity was suppressed until the new time
+    caught up, 1 alert of 145 in a day of one every 10 minutes."""
+    now = 1.7e12
+    c = AlertCooldown(300.0)
+    assert c.apply(["pump"], [now]) == [True]
+    later = [now + jump_s * 1000.0 + 600_000.0 * i for i in range(1, 145)]
+    assert sum(c.apply(["pump"] * len(later), later)) == len(later)
+    assert c.apply(["pump"], [later[-1] + 1_000.0]) == [False]  # the rule itself holds after
 
 
 def test_state_carries_across_batches_and_is_bounded() -> None:
