@@ -81,6 +81,7 @@ class QuantileThreshold:
         )
         self._update, self._estimate = _methods(self._estimator)
         self.n_seen = 0
+        self._floor = -float("inf")  # the burst guard never holds the bar below the seed's quantile
         if initial_scores is not None and len(initial_scores):
             seed = np.asarray(initial_scores, dtype=np.float64)
             if window:
@@ -88,6 +89,7 @@ class QuantileThreshold:
             for s in seed.tolist():
                 self._update(s)
             self.n_seen = len(seed)
+            self._floor = float(np.quantile(seed, q))
 
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
@@ -113,7 +115,7 @@ class QuantileThreshold:
         while recent[0] <= oldest:
             recent.popleft()
         if len(recent) > self._allowed:
-            return threshold
+            return min(score, max(threshold, self._floor))
         return min(score, threshold + (self.alert_cap - 1.0) * abs(threshold))
 
     def decide(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
