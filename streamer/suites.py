@@ -59,6 +59,10 @@ _MEAN_KEYS = (
     "nab_score",
     "f1_oracle",
 )
+# Point-wise figures mean something only where a series has labelled anomalies: over the others, F1
+# and precision were 0 for a detector that raised any exceedance and left out for one that raised
+# none, while always-alert averages over the anomalous series alone. All three now use those.
+_POINTWISE_KEYS = frozenset({"precision", "recall", "f1", "auprc", "roc_auc", "f1_oracle"})
 ALWAYS = "always-alert"  # the reference detector that alerts on every event
 
 
@@ -144,16 +148,21 @@ class SuiteResult:
         """Per kind: the mean of each metric over series, the corpus NAB score, and seconds spent.
 
         The ``always-alert`` row is the point-wise F1 of alerting on every event: on data whose
-        labelled segments are long, a detector's F1 means little unless it beats this.
+        labelled segments are long, a detector's F1 means little unless it beats this. Point-wise
+        figures are means over the series with labelled anomalies, as always-alert's are; false
+        alarms, range recall, delay and NAB over every series.
         """
         out: dict[str, dict[str, float]] = {}
         for kind in self.kinds:
-            rows = [d for s in self.series for d in s["detectors"] if d["kind"] == kind]
+            pairs = [(s, d) for s in self.series for d in s["detectors"] if d["kind"] == kind]
+            rows = [d for _, d in pairs]
             if not rows:
                 continue
+            labelled = [d for s, d in pairs if s["anomalous"]]
             summary: dict[str, float] = {"n_series": float(len(rows))}
             for key in _MEAN_KEYS:
-                values = [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+                pool = labelled if key in _POINTWISE_KEYS else rows
+                values = [r[key] for r in pool if r.get(key) is not None and math.isfinite(r[key])]
                 if values or key != "nab_score":
                     summary[key] = float(np.mean(values)) if values else math.nan
             if any("nab_raw" in r for r in rows):

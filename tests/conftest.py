@@ -31,6 +31,11 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(1)
+    # As every command does (streamer.cli.main): log lines go to stderr, so a test that reads a
+    # command's stdout does not depend on which test configured logging first.
+    from streamer.logs import configure_logging
+
+    configure_logging("INFO")
 
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

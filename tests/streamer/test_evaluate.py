@@ -31,7 +31,7 @@ from streamer.evaluate import (
 )
 from streamer.gate import DEFAULT_GATE_Z, AlertGate
 from streamer.nab import probation_rows
-from streamer.suites import format_suite, run_suite, suite_files
+from streamer.suites import SuiteResult, format_suite, run_suite, suite_files
 from streamer.threshold import QuantileThreshold
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -455,6 +455,45 @@ def test_suite_runs_every_series_and_averages(
     assert len(payload["series"]) == 2
     assert set(payload["mean"]) == {"pca", "hst", "always-alert"}
     assert payload["wall_s"] > 0
+
+
+def test_point_wise_means_are_over_the_series_with_anomalies_as_always_alerts_is() -> None:
+    """On a series without labelled anomalies F1 was 0 for a detector that raised any exceedance and
+    left out for one that raised none, while always-alert averaged over the labelled series: the
+    NAB suite's five clean series pulled every F1 down by about a tenth."""
+    result = SuiteResult("nab", ["a", "b"])
+    for name, anomalous, f1a, f1b, fa in (("s1", 10, 0.5, 0.5, 1.0), ("clean", 0, 0.0, None, 3.0)):
+        result.series.append(
+            {
+                "series": name,
+                "n_train": 10,
+                "n_test": 200,
+                "n_features": 1,
+                "anomalous": anomalous,
+                "detectors": [
+                    {
+                        "kind": "a",
+                        "f1": f1a,
+                        "precision": f1a,
+                        "false_alarms_per_1k": fa,
+                        "train_s": 0,
+                        "replay_s": 0,
+                    },
+                    {
+                        "kind": "b",
+                        "f1": f1b,
+                        "precision": f1b,
+                        "false_alarms_per_1k": 0.0,
+                        "train_s": 0,
+                        "replay_s": 0,
+                    },
+                ],
+            }
+        )
+    mean = result.mean()
+    assert mean["a"]["f1"] == mean["b"]["f1"] == 0.5 and mean["a"]["precision"] == 0.5
+    assert mean["a"]["false_alarms_per_1k"] == 2.0  # false alarms count on every series
+    assert mean["always-alert"]["n_series"] == 1
 
 
 def test_suite_needs_its_folder(tmp_path: Path) -> None:
