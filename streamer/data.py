@@ -216,6 +216,12 @@ def _to_table(
         missing = [c for c in features if c not in header]
         if missing:
             raise DataError(f"{path}: feature column(s) {missing} not found; columns: {header}")
+        # The label as a feature would hand the test labels to the model (F1 1.000 for pca). An
+        # entity column may be a feature too, as the detector's key field may.
+        roles = {label_column: "label", time_column: "time"}
+        clash = [f"{c!r} is the {roles[c]} column" for c in features if c in roles]
+        if clash:
+            raise DataError(f"{path}: a feature cannot be {'; '.join(clash)}")
     x = np.empty((len(rows), len(features)), dtype=np.float32)
     labels = np.empty(len(rows), dtype=np.int8) if label_column else None
     entities: list[str] = []

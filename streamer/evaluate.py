@@ -158,6 +158,12 @@ def load_nab(csv_path: str | Path, windows_json: str | Path | dict[str, Any]) ->
     )
 
 
+def _refuse_ignored(what: str, flags: dict[str, object]) -> None:
+    """A flag the input cannot use is an error, never silently dropped."""
+    if given := [flag for flag, value in flags.items() if value is not None]:
+        raise DataError(f"{what}: {', '.join(given)} do not apply to it")
+
+
 def load_series(
     test: str | Path,
     *,
@@ -167,6 +173,7 @@ def load_series(
     labels: str | Path | None = None,
     features: Sequence[str] | None = None,
     entity_column: str | None = None,
+    time_column: str | None = None,
 ) -> Series:
     """Build a :class:`Series` from the ``streamer evaluate`` inputs.
 
@@ -185,11 +192,24 @@ def load_series(
     if labels is not None and Path(labels).suffix.lower() == ".json":
         if train is not None or train_fraction is not None:
             raise DataError("NAB series train on their probationary period; drop --train*")
+        _refuse_ignored(
+            "a NAB series (timestamp, value)",
+            {
+                "--features": features,
+                "--label-column": label_column,
+                "--entity-column": entity_column,
+                "--time-column": time_column,
+            },
+        )
         return load_nab(test, labels)
 
     if test.suffix.lower() == ".npz":
         if label_column or labels:
             raise DataError(f"{test}: .npz files carry their labels in the array 'label'")
+        _refuse_ignored(
+            f"{test}: an .npz file (no entities, no times)",
+            {"--entity-column": entity_column, "--time-column": time_column},
+        )
         if train_fraction is not None:
             raise DataError(f"{test}: .npz files carry their own 'train' array")
         t = load_table(test, split="test")
@@ -212,11 +232,17 @@ def load_series(
 
     if (label_column is None) == (labels is None):
         raise DataError("give exactly one of --label-column and --labels")
-    t = load_table(test, features=features, label_column=label_column, entity_column=entity_column)
+    t = load_table(
+        test,
+        features=features,
+        label_column=label_column,
+        entity_column=entity_column,
+        time_column=time_column,
+    )
     y = t.labels if t.labels is not None else _read_row_labels(Path(str(labels)), len(t))
     feats = tuple(t.features)
     if train is not None:
-        tr = load_table(train, features=feats, entity_column=entity_column)
+        tr = load_table(train, features=feats, entity_column=entity_column, time_column=time_column)
         return Series(
             test.stem, feats, tr.X, t.X, y, train_entities=tr.entities, test_entities=t.entities
         )
@@ -637,6 +663,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--features", type=_csv_list, help="feature columns (default: all numeric)")
     p.add_argument("--entity-column", help="column holding the entity key (one series per entity)")
+    p.add_argument(
+        "--time-column",
+        help="CSV/JSONL: the time column, never a feature (a numeric one would otherwise be: "
+        "all numeric columns are the default features)",
+    )
     p.add_argument("--q", type=float, help=f"threshold quantile (default {defaults_t.q})")
     p.add_argument(
         "--threshold-window",
@@ -812,6 +843,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
             "--label-column": args.label_column,
             "--labels": args.labels,
             "--entity-column": args.entity_column,
+            "--time-column": args.time_column,
             "--decisions-out": args.decisions_out,
             "--plot": args.plot,
         }
@@ -822,6 +854,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
         return run_suite_command(args, threshold, batch, events, spec)
     if args.test is None:
         raise StreamerError("give --test PATH or --suite NAME")
+    suite_only = {"--data-dir": args.data_dir, "--max-series": args.max_series}
+    if given := [flag for flag, value in suite_only.items() if value is not None]:
+        raise StreamerError(f"{', '.join(given)}: for --suite only")
     series = load_series(
         args.test,
         train=args.train,
@@ -830,6 +865,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         labels=args.labels,
         features=args.features,
         entity_column=args.entity_column,
+        time_column=args.time_column,
     )
     kinds = resolve_kinds(args.model, series, baselines=not args.no_baselines)
     results = evaluate_series(

@@ -14,6 +14,7 @@ import pytest
 
 from streamer import evaluate
 from streamer.baselines import PCAScorer, lag_windows
+from streamer.cli import main
 from streamer.config import BatchSettings, EventSettings, ThresholdSettings
 from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION, AlertCooldown
 from streamer.errors import DataError
@@ -268,6 +269,50 @@ def test_csv_with_label_column_and_train_fraction(tmp_path: Path) -> None:
         load_series(path, label_column="label")
     with pytest.raises(DataError, match="one of"):
         load_series(path, train_fraction=0.5)
+
+
+def test_the_label_or_time_column_cannot_be_a_feature(tmp_path: Path) -> None:
+    """`--features value,label` was accepted: the test labels became a model input (pca F1 1.000)."""
+    rows = [[1_700_000_000 + 60 * i, float(i % 7), int(i in (50, 51))] for i in range(100)]
+    path = write_csv(tmp_path / "d.csv", ["ts", "value", "label"], rows)
+    with pytest.raises(DataError, match="'label' is the label column"):
+        load_series(path, train_fraction=0.4, label_column="label", features=["value", "label"])
+    with pytest.raises(DataError, match="'ts' is the time column"):
+        load_series(
+            path, train_fraction=0.4, label_column="label", features=["ts"], time_column="ts"
+        )
+    # A numeric time column was a default feature, outside the training range for every test row.
+    assert load_series(path, train_fraction=0.4, label_column="label").features == ("ts", "value")
+    named = load_series(path, train_fraction=0.4, label_column="label", time_column="ts")
+    assert named.features == ("value",)
+
+
+@pytest.mark.parametrize(
+    ("argv", "refused"),
+    [
+        (["--labels", "W.json", "--features", "x"], "--features"),
+        (["--labels", "W.json", "--entity-column", "e"], "--entity-column"),
+        (["--labels", "W.json", "--label-column", "l"], "--label-column"),
+        (["--entity-column", "e"], "--entity-column"),  # an .npz file
+        (["--labels", "W.json", "--max-series", "2"], "--max-series"),
+        (["--labels", "W.json", "--data-dir", "d"], "--data-dir"),
+    ],
+)
+def test_flags_an_input_cannot_use_are_errors(
+    tmp_path: Path, argv: list[str], refused: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each was accepted and silently ignored."""
+    nab = tmp_path / "s.csv"
+    nab.write_text(
+        "timestamp,value\n" + "".join(f"2024-01-01 00:{i:02d}:00,{i}\n" for i in range(60))
+    )
+    (tmp_path / "W.json").write_text('{"s.csv": []}')
+    npz = tmp_path / "s.npz"
+    np.savez(npz, train=np.ones((20, 2)), test=np.ones((20, 2)), label=np.zeros(20))
+    test = npz if "--labels" not in argv else nab
+    argv = [a.replace("W.json", str(tmp_path / "W.json")) for a in argv]
+    assert main(["evaluate", "--test", str(test), "--model", "pca", *argv]) == 2
+    assert refused in capsys.readouterr().err
 
 
 def test_csv_with_separate_train_file_and_a_labels_file(tmp_path: Path) -> None:
