@@ -162,10 +162,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         rate=args.rate,
         labels_out=args.labels_out,
     )
+    wanted = args.anomaly_rate * report.count
+    if wanted >= 1 and report.labelled < wanted / 2:
+        # An anomaly is a span of 1 to 30 events of one entity, placed with gaps: a short stream
+        # or many entities leave no room for most of them.
+        import structlog
+
+        structlog.get_logger("streamer.simulate").warning(
+            "fewer_anomalies_than_asked",
+            labelled=report.labelled,
+            asked=round(wanted),
+            hint="a longer stream or fewer --entities leaves room for them",
+        )
     print(
         orjson.dumps(
             {
                 "events": report.count,
+                "labelled": report.labelled,
                 "end_offsets": report.end_offsets,
                 "elapsed_s": round(report.elapsed_s, 3),
             },

@@ -195,11 +195,13 @@ class SimEvent:
 
 @dataclass(frozen=True)
 class ProduceReport:
-    """What :func:`produce` delivered: message count, per-partition end offsets, wall time."""
+    """What :func:`produce` delivered: message count, per-partition end offsets, wall time, and how
+    many of the messages sent carry label 1."""
 
     count: int
     end_offsets: dict[int, int]
     elapsed_s: float
+    labelled: int = 0
 
 
 def _parse_start(start: str) -> int:
@@ -633,7 +635,7 @@ def produce(
 
         return on_delivery
 
-    count = 0
+    count = labelled = 0
     started = time.monotonic()
     try:
         for event in events:
@@ -656,6 +658,7 @@ def produce(
             if errors:
                 break
             count += 1
+            labelled += event.label
             client.poll(0)
             if errors:
                 break
@@ -669,4 +672,9 @@ def produce(
         raise DeliveryError(f"{remaining} message(s) to {topic!r} not delivered after flush")
     if delivered != count:
         raise DeliveryError(f"{count} produced to {topic!r} but {delivered} delivery reports")
-    return ProduceReport(count=count, end_offsets=end_offsets, elapsed_s=time.monotonic() - started)
+    return ProduceReport(
+        count=count,
+        end_offsets=end_offsets,
+        elapsed_s=time.monotonic() - started,
+        labelled=labelled,
+    )

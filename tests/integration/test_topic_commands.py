@@ -123,3 +123,17 @@ def test_sigterm_stops_the_embedded_broker_as_ctrl_c_does(tmp_path: Path) -> Non
             pytest.fail(f"the broker on port {port} outlived its parent")
     finally:
         child.kill()
+
+
+def test_simulate_says_when_a_stream_has_no_room_for_its_anomalies(kit, capsys) -> None:
+    """1,000 events at rate 0.01 came out with no labelled event at all, and nothing said so."""
+    names = kit.topics("sim", partitions=1)
+    base = ["simulate", "--bootstrap", kit.bootstrap, "--topic", names["in"]]
+    assert main([*base, "--events", "1000", "--anomaly-rate", "0.01"]) == 0
+    captured = capsys.readouterr()
+    assert orjson.loads(captured.out)["labelled"] < 5
+    assert "fewer_anomalies_than_asked" in captured.err
+    assert main([*base, "--events", "5000", "--anomaly-rate", "0.02"]) == 0
+    captured = capsys.readouterr()
+    assert 50 <= orjson.loads(captured.out)["labelled"] <= 150
+    assert "fewer_anomalies_than_asked" not in captured.err
