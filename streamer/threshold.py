@@ -81,7 +81,10 @@ class QuantileThreshold:
         )
         self._update, self._estimate = _methods(self._estimator)
         self.n_seen = 0
-        self._floor = -float("inf")  # the burst guard never holds the bar below the seed's quantile
+        # A burst that outlasts the guard's span is no burst: from then on it is not held below the
+        # seed's q-quantile (normal scores after a quiet spell), though still not lifted above it.
+        self._floor = -float("inf")
+        self._burst_since: int | None = None  # the event that began the current burst
         if initial_scores is not None and len(initial_scores):
             seed = np.asarray(initial_scores, dtype=np.float64)
             if window:
@@ -115,7 +118,12 @@ class QuantileThreshold:
         while recent[0] <= oldest:
             recent.popleft()
         if len(recent) > self._allowed:
+            if self._burst_since is None:
+                self._burst_since = event
+            if event - self._burst_since < self._span:
+                return threshold
             return min(score, max(threshold, self._floor))
+        self._burst_since = None
         return min(score, threshold + (self.alert_cap - 1.0) * abs(threshold))
 
     def decide(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

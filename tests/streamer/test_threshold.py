@@ -50,8 +50,8 @@ def test_the_default_rolling_estimate_does_not_creep_down() -> None:
 def test_after_a_quiet_spell_the_bar_comes_back_up(window: int | None) -> None:
     """The estimate follows quiet scores down; when normal scores came back, over 1.5 (1 - q) of them
     exceeded the low bar, so the burst guard entered each as the bar itself and the bar could never
-    rise: 73 % of normal events alerted for good. The guard never holds the bar below the q-quantile
-    of the scores it started from, so normal scores lift it back."""
+    rise: 73 % of normal events alerted for good. A burst that outlasts the guard's span is no burst:
+    its scores then enter up to the q-quantile of the scores it started from, and lift the bar back."""
     rng = np.random.default_rng(2)
     t = QuantileThreshold(0.99, window=window, initial_scores=rng.exponential(size=2_000))
     start = t.get()
@@ -157,3 +157,16 @@ def test_estimate_lies_within_the_observed_range(
 def test_q_is_validated(q: float) -> None:
     with pytest.raises(ValueError, match="q must be"):
         QuantileThreshold(q)
+
+
+def test_a_burst_shorter_than_the_span_is_held_even_below_the_starting_quantile() -> None:
+    """Scores lower in service than in training put the bar below its starting quantile; a labelled
+    segment shorter than the span must not lift it there (it did when the floor held from a burst's
+    first event, and cost ASD's dense F1)."""
+    rng = np.random.default_rng(5)
+    t = QuantileThreshold(0.99, window=2_000, initial_scores=rng.exponential(size=2_000))
+    t.decide(0.5 * rng.exponential(size=6_000))  # service scores half the training ones
+    quiet = t.get()
+    assert quiet < 0.7 * t._floor
+    thresholds, alerts = t.decide(np.full(1_000, 100.0))  # an incident, 1,000 events long
+    assert alerts.all() and thresholds.max() < 1.1 * quiet
