@@ -34,6 +34,10 @@ from collections.abc import Hashable, Sequence
 # MSL or ASD.
 DEFAULT_COOLDOWN_S = 300.0
 DEFAULT_ESCALATION = 8.0
+# An entity's event time further back than this (or than one cooldown, if longer) from its last
+# published alert is a clock set back: a device reset to 1970 would otherwise keep it quiet for 56
+# years. Within it, times out of order are repeats of that alert (two producers' clocks apart).
+CLOCK_JUMP_MS = 3_600_000.0
 
 
 class AlertCooldown:
@@ -51,6 +55,7 @@ class AlertCooldown:
         self.cooldown_ms = cooldown_s * 1000.0
         self.escalation = escalation
         self.max_keys = max_keys
+        self._jump_ms = max(CLOCK_JUMP_MS, self.cooldown_ms)
         # key -> (quiet until (ms), score of its last published alert); most recently alerted last
         self._last: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
 
@@ -78,9 +83,10 @@ class AlertCooldown:
             previous = last.get(key)
             if (
                 previous is not None
-                # within one cooldown of the last published alert, either side: an event time
-                # further back is a clock that jumped back, not a repeat of that alert
-                and previous[0] - 2 * self.cooldown_ms <= t < previous[0]
+                # an event time more than CLOCK_JUMP_MS (or a cooldown) before the last published
+                # alert is a clock set back, not a repeat of that alert; closer than that (two
+                # producers' clocks a few minutes apart, a partition catching up) it is a repeat
+                and previous[0] - self.cooldown_ms - self._jump_ms <= t < previous[0]
                 and not (factor and previous[1] > 0 and score >= factor * previous[1])
             ):
                 out.append(False)
