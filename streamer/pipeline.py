@@ -172,9 +172,13 @@ def _text(value: Any) -> str:
     except orjson.JSONEncodeError:  # an integer beyond 64 bits, nesting beyond orjson's 255
         pass
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except (RecursionError, ValueError):
         return f"<{type(value).__name__} that cannot be written as JSON>"
+    try:  # as orjson reads it (an integer beyond 64 bits as a float), whichever parser read it
+        return orjson.dumps(orjson.loads(text), option=orjson.OPT_SORT_KEYS).decode()
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # past float64, or nesting past 255
+        return text
 
 
 def entity_of(obj: dict[str, Any], key_field: str | None, kafka_key: bytes | None) -> Hashable:

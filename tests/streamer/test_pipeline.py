@@ -647,8 +647,13 @@ def test_swap_to_a_windowed_model_decodes_the_key_field_as_a_fresh_pipeline_does
             b'{"x":30,"y":1,"z":1,"id":123456789012345678901234567890}',
             "1.2345678901234568e+29",
         ),
+        (  # msgspec kept the nested int exact, orjson read a float: two entities
+            "id",
+            b'{"x":30,"y":1,"z":1,"id":{"k":1000000000000000000000000000000}}',
+            '{"k":1e+30}',
+        ),
     ],
-    ids=["key-is-a-feature", "int-beyond-64-bits"],
+    ids=["key-is-a-feature", "int-beyond-64-bits", "nested-int-beyond-64-bits"],
 )
 def test_an_events_entity_is_the_same_on_both_decode_paths_and_in_its_alert(
     key_field: str, raw: bytes, entity: object
