@@ -65,13 +65,15 @@ def load_table(
     time_column: str | None = None,
     split: str = "train",
     max_rows: int | None = None,
+    parse_times: bool = True,
 ) -> Table:
     """Read a CSV (header row), JSONL (one object per line) or ``.npz`` file into a :class:`Table`.
 
     CSV/JSONL: ``features`` defaults to every column at least half of whose values among the first
     1,000 rows are numbers, except the label, entity and time columns. NPZ: arrays ``train``, optional ``test`` and
     ``label`` (labels of ``test``); ``split`` picks ``train`` or ``test``; features are named
-    ``f0..f{F-1}`` unless given.
+    ``f0..f{F-1}`` unless given. ``parse_times=False``: the time column is only kept out of the
+    features, its values not read (``streamer evaluate`` has no use for them).
     """
     path = Path(path)
     if max_rows is not None and max_rows < 1:
@@ -91,7 +93,9 @@ def load_table(
         header, rows = _read_jsonl(path, max_rows)
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r} (use .csv, .jsonl or .npz)")
-    return _to_table(path, header, rows, features, label_column, entity_column, time_column)
+    return _to_table(
+        path, header, rows, features, label_column, entity_column, time_column, parse_times
+    )
 
 
 def _read_csv(path: Path, max_rows: int | None) -> tuple[list[str], list[dict[str, Any]]]:
@@ -200,6 +204,7 @@ def _to_table(
     label_column: str | None,
     entity_column: str | None,
     time_column: str | None,
+    parse_times: bool = True,
 ) -> Table:
     if not rows:
         raise DataError(f"{path}: no data rows")
@@ -248,7 +253,7 @@ def _to_table(
             if row.get(entity_column) in (None, ""):
                 raise DataError(f"{path} line {line}, column {entity_column!r}: empty entity")
             entities.append(str(row[entity_column]))
-        if time_column is not None:
+        if time_column is not None and parse_times:
             times.append(row.get(time_column))
     if not np.isfinite(x).all():  # finite float64 values can overflow float32
         bad = np.argwhere(~np.isfinite(x))[0]
@@ -260,7 +265,9 @@ def _to_table(
         features=list(features),
         labels=labels,
         entities=np.array(entities) if entity_column else None,
-        timestamps=_timestamps(path, time_column, times, rows) if time_column else None,
+        timestamps=_timestamps(path, time_column, times, rows)
+        if time_column and parse_times
+        else None,
     )
 
 

@@ -238,11 +238,18 @@ def load_series(
         label_column=label_column,
         entity_column=entity_column,
         time_column=time_column,
+        parse_times=False,  # only kept out of the features
     )
     y = t.labels if t.labels is not None else _read_row_labels(Path(str(labels)), len(t))
     feats = tuple(t.features)
     if train is not None:
-        tr = load_table(train, features=feats, entity_column=entity_column, time_column=time_column)
+        tr = load_table(
+            train,
+            features=feats,
+            entity_column=entity_column,
+            time_column=time_column,
+            parse_times=False,
+        )
         return Series(
             test.stem, feats, tr.X, t.X, y, train_entities=tr.entities, test_entities=t.entities
         )

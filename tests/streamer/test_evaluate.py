@@ -285,6 +285,12 @@ def test_the_label_or_time_column_cannot_be_a_feature(tmp_path: Path) -> None:
     assert load_series(path, train_fraction=0.4, label_column="label").features == ("ts", "value")
     named = load_series(path, train_fraction=0.4, label_column="label", time_column="ts")
     assert named.features == ("value",)
+    # The time column is only kept out: a format the detector does not read is no error there.
+    rows = [[f"01/01/2024 10:{i % 60:02d}", float(i % 7), int(i == 50)] for i in range(100)]
+    odd = write_csv(tmp_path / "odd.csv", ["time", "value", "label"], rows)
+    assert load_series(
+        odd, train_fraction=0.4, label_column="label", time_column="time"
+    ).features == ("value",)
 
 
 @pytest.mark.parametrize(
