@@ -173,16 +173,20 @@ def _split(
     tr_starts, val_starts = [], []
     short = short_rows = 0
     for a, b in itertools.pairwise(bounds):
-        if b - a < w:  # no window of its own: left out (the detector pads such an entity's windows)
+        cut = b - round((b - a) * config.val_fraction)  # rows [a, cut) train, [cut, b) validate
+        tr_here, val_here = np.arange(a, cut - w + 1), np.arange(cut, b - w + 1)
+        if not len(tr_here) and not len(val_here):
+            # no window of its own (fewer rows than the window, or too few to give one on either side
+            # of the cut): left out, scaler included (the detector pads such an entity's windows)
             short, short_rows = short + 1, short_rows + int(b - a)
             continue
-        cut = b - round((b - a) * config.val_fraction)  # rows [a, cut) train, [cut, b) validate
         mask[a:cut] = True
-        tr_starts.append(np.arange(a, cut - w + 1))
-        val_starts.append(np.arange(cut, b - w + 1))
+        tr_starts.append(tr_here)
+        val_starts.append(val_here)
     if not tr_starts:
         raise ValueError(
-            f"window={w} is longer than every entity's rows (the longest has {int(np.diff(bounds).max())})"
+            f"window={w} gives no training or validation window in any entity (the longest has "
+            f"{int(np.diff(bounds).max())} rows); use more rows or a shorter window"
         )
     tr, val = np.concatenate(tr_starts), np.concatenate(val_starts)
     if len(tr) == 0 or len(val) == 0:

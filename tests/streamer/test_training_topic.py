@@ -108,16 +108,18 @@ def test_a_conv_trains_on_a_topic_where_some_key_is_rarely_seen(
         for sensor in (b"a", b"b"):
             topic.append((sensor, orjson.dumps({"v": float(np.sin(i / 9)) + rng.normal(0, 0.1)})))
     topic += [(b"rare", orjson.dumps({"v": 0.5}))] * 3
+    # 17 rows: one window's worth, but not one on each side of the validation cut either
+    topic += [(b"short", orjson.dumps({"v": 0.5}))] * 17
     argv = ["train", "--from-topic", "t", "--bootstrap", "127.0.0.1:9", "--model", "conv"]
     argv += ["--window", "16", "--epochs", "2", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "c.safetensors")]) == 0
     captured = capsys.readouterr()
     summary = orjson.loads(captured.out)
-    assert summary["rows"] == 1_203 and summary["entities_left_out"] == 1
+    assert summary["rows"] == 1_220 and summary["entities_left_out"] == 2
     assert "entities_left_out" in captured.err
-    del topic[:-3]  # only the rare key is left
+    del topic[:-20]  # only the rare and the short keys are left
     assert main([*argv, "--out", str(tmp_path / "d.safetensors")]) == 2
-    assert "longer than every entity's rows" in capsys.readouterr().err
+    assert "no training or validation window in any entity" in capsys.readouterr().err
 
 
 def test_training_groups_rows_as_the_detector_keys_them(topic: list) -> None:
