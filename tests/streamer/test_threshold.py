@@ -170,3 +170,16 @@ def test_a_burst_shorter_than_the_span_is_held_even_below_the_starting_quantile(
     assert quiet < 0.7 * t._floor
     thresholds, alerts = t.decide(np.full(1_000, 100.0))  # an incident, 1,000 events long
     assert alerts.all() and thresholds.max() < 1.1 * quiet
+
+
+def test_a_long_attack_lifts_the_bar_at_most_to_where_it_started() -> None:
+    """The price of recovering from a quiet spell: with the scores below their training level, an
+    attack longer than the span lifts the bar, but never above the starting quantile."""
+    rng = np.random.default_rng(6)
+    t = QuantileThreshold(0.99, window=2_000, initial_scores=rng.exponential(size=2_000))
+    t.decide(0.5 * rng.exponential(size=6_000))
+    scores = 0.5 * rng.exponential(size=30_000)
+    scores[::10] = 1_000.0  # a long attack on 10 % of events
+    thresholds, alerts = t.decide(scores)
+    assert alerts[::10].all()  # every attack event alerts
+    assert thresholds.max() <= t._floor * 1.0001
