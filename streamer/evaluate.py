@@ -828,9 +828,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     """Run ``streamer evaluate``; prints a table (or JSON) and writes the requested files."""
     from pydantic import ValidationError
 
-    from streamer.logs import configure_logging
-
-    configure_logging("INFO")
+    # Logging is configured by streamer.cli.main, as for every command.
     if args.threads:
         import torch
 

@@ -499,12 +499,13 @@ class Pipeline:
         message_keys: Callable[[], Sequence[bytes | None]] | None,
         timings: dict[str, float],
     ) -> tuple[DecodedBatch, np.ndarray, np.ndarray, list[Hashable] | None]:
-        """Decode the whole batch, then one forward pass over it."""
+        """Decode the whole batch, then one forward pass over it (a windowed model's in chunks of
+        bounded size: one, for the usual sizes)."""
         t0 = time.perf_counter()
         decoded = self.decoder.decode(values)
         t1 = time.perf_counter()
         timings["decode"] = t1 - t0
-        if self._windows is not None and len(decoded.x) > self._window_chunk_rows():
+        if self._windows is not None and len(decoded.x):
             return self._in_window_chunks(decoded, origin, message_keys, timings)
         x, entities = self._model_input(decoded, origin, message_keys)
         t2 = time.perf_counter()
