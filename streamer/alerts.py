@@ -56,6 +56,13 @@ class FeatureContribution(_Record):
     share: float = Field(ge=0, le=1, description="error / total error of the event")
 
 
+SCORE_DESCRIPTION = (
+    "the anomaly score: the model's reconstruction error; where novelty weighs it (events.novelty, "
+    "on by default for windowed models of one feature), the error's square root times the "
+    "novelty of the event's window over its key's typical novelty"
+)
+
+
 class Alert(_Record):
     """An event whose anomaly score exceeded the adaptive threshold."""
 
@@ -73,7 +80,7 @@ class Alert(_Record):
         "characters)"
     )
     source: Source
-    score: float
+    score: float = Field(description=SCORE_DESCRIPTION)
     threshold: float
     q: float = Field(gt=0, lt=1)
     model: ModelRef
@@ -195,7 +202,7 @@ class ScoreRecord(_Record):
     topic: str
     partition: int = Field(ge=0)
     offset: int = Field(ge=0)
-    score: float
+    score: float = Field(description=SCORE_DESCRIPTION)
     threshold: float | None = Field(
         description="the threshold the score was compared with; null while it is not yet finite"
     )

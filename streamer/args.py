@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Literal
 
 ALERT_CAP_HELP = (
     "an alerting score enters the threshold's estimate as at most threshold + (cap - 1) x "
@@ -52,4 +53,17 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, got {text}")
+    return value
+
+
+def auto_or_number(text: str, low: float, high: float) -> float | Literal["auto"]:
+    """``auto`` or a number from ``low`` to ``high`` (a setting that ``auto`` resolves per model)."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {value:g}")
     return value

@@ -61,6 +61,7 @@ STAGES = (
     "decode",
     "features",
     "score",
+    "novelty",
     "threshold",
     "gate",
     "alerts",
@@ -68,6 +69,9 @@ STAGES = (
     "commit",
 )
 GPU_BATCHES = (256, 1024, 4096, 16384)
+# The in-process figures' name for conv with novelty off, measured beside it where novelty is on (one
+# feature, by default).
+CONV_WITHOUT_NOVELTY = "conv-without-novelty"
 
 
 @dataclass(frozen=True)
@@ -271,11 +275,17 @@ def measure_in_process(
     decoder = Decoder(workload.features, events.max_message_bytes)
     batches = _batches(workload.values, batch_events)
     pipelines = {k: Pipeline(s, threshold, events) for k, s in scorers.items()}
-    totals: dict[str, dict[str, float]] = {k: {} for k in scorers}
+    conv = scorers.get("conv")
+    if conv is not None and events.novelty_on(conv.window, len(conv.features)):
+        # novelty's cost side by side: the same conv model without it
+        pipelines[CONV_WITHOUT_NOVELTY] = Pipeline(
+            conv, threshold, events.model_copy(update={"novelty": False})
+        )
+    totals: dict[str, dict[str, float]] = {k: {} for k in pipelines}
     steps = {k: _pipeline_step(p, workload, totals[k]) for k, p in pipelines.items()}
     decode_rates: list[float] = []
-    rates: dict[str, list[float]] = {k: [] for k in scorers}
-    order = [config.model, *(k for k in scorers if k != config.model)]
+    rates: dict[str, list[float]] = {k: [] for k in pipelines}
+    order = [config.model, *(k for k in pipelines if k != config.model)]
     with _settled():
         for _ in range(config.rounds):
             decode_rates.append(_timed(lambda b, v: decoder.decode(v), batches, config.pass_s))

@@ -32,7 +32,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION
+from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION, WINDOWED_COOLDOWN_S
 from streamer.errors import ConfigError
 from streamer.gate import DEFAULT_GATE_Z, DEFAULT_LONG, DEFAULT_SHORT
 
@@ -265,8 +265,9 @@ class EventSettings(_Section):
     max_original_bytes: int = Field(default=4_096, ge=0, le=131_072)
     top_features: int = Field(default=3, ge=1, le=64)
     # After an alert, the entity publishes no alert for this many seconds of event time (its events are
-    # still scored and still enter the threshold); 0 publishes every alert. See streamer.dedup.
-    alert_cooldown_s: float = Field(default=DEFAULT_COOLDOWN_S, ge=0.0, le=30 * 86_400.0)
+    # still scored and still enter the threshold); 0 publishes every alert; "auto" = 120 s for a
+    # windowed model (conv), 300 s for a model of single events (dense, vae). See streamer.dedup.
+    alert_cooldown_s: Annotated[float, Field(ge=0.0, le=30 * 86_400.0)] | Literal["auto"] = "auto"
     # Within the cooldown, an alert scoring at least this many times the entity's last published alert
     # is published anyway (and restarts the cooldown); 0 = never.
     alert_escalation: float = Field(default=DEFAULT_ESCALATION, ge=0.0, le=1e6)
@@ -283,6 +284,27 @@ class EventSettings(_Section):
     # each, plus ~250 bytes of bookkeeping not counted here; the least recently seen entity is
     # forgotten first, and its next window is padded again).
     window_memory_mb: int = Field(default=1_024, ge=1, le=1_048_576)
+    # A windowed model's score weighed by how unlike the entity's last `novelty_history` rows its
+    # window is (streamer.novelty): the score becomes sqrt(error) x novelty / the entity's typical
+    # novelty. "auto" = on for a windowed model of one feature (its cost grows with window x features
+    # x history per event), off otherwise; on/off force it for any windowed model. The kept rows
+    # ((novelty_history + W - 1) x features x 4 bytes per entity) share window_memory_mb's cap.
+    novelty: bool | Literal["auto"] = "auto"
+    novelty_history: int = Field(default=2_000, ge=8, le=1_000_000)
+
+    def novelty_on(self, window: int, n_features: int) -> bool:
+        """Whether a model of this window and feature count weighs its scores by novelty."""
+        if window <= 1:
+            return False
+        if self.novelty == "auto":
+            return n_features == 1
+        return self.novelty
+
+    def cooldown_s(self, windowed: bool) -> float:
+        """The alert cooldown for a model, ``auto`` resolved by whether it is windowed."""
+        if self.alert_cooldown_s == "auto":
+            return WINDOWED_COOLDOWN_S if windowed else DEFAULT_COOLDOWN_S
+        return self.alert_cooldown_s
 
     def gate_z(self, windowed: bool) -> float:
         """The rise gate's z for a model (0 = off), ``auto`` resolved by whether it is windowed."""

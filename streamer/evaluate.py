@@ -27,16 +27,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
 
-from streamer.args import ALERT_CAP_HELP, non_negative_int, seed
+from streamer.args import ALERT_CAP_HELP, auto_or_number, non_negative_int, seed
 from streamer.baselines import BASELINE_KINDS, HalfSpaceTreesScorer, PCAScorer
 from streamer.config import BatchSettings, EventSettings, ThresholdSettings
 from streamer.data import number
-from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION
+from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION, WINDOWED_COOLDOWN_S
 from streamer.errors import DataError, StreamerError
 from streamer.gate import DEFAULT_GATE_Z, DEFAULT_LONG, DEFAULT_SHORT, gate_z_arg
 from streamer.metrics import detection_report
@@ -695,11 +695,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--cooldown",
-        type=float,
-        default=DEFAULT_COOLDOWN_S,
+        type=_cooldown_arg,
+        default="auto",
         help="alert de-duplication, as events.alert_cooldown_s with one row per second: a key's "
-        f"alerts are not published for N rows after each one published (default "
-        f"{DEFAULT_COOLDOWN_S:g}; 0 = off)",
+        "alerts are not published for N rows after each one published; auto (the default) = "
+        f"{WINDOWED_COOLDOWN_S:g} for windowed models, {DEFAULT_COOLDOWN_S:g} for models of single "
+        "rows; 0 = off",
     )
     p.add_argument(
         "--escalation",
@@ -723,6 +724,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N,M",
         help="as events.alert_gate_short and alert_gate_long, in rows "
         f"(default {DEFAULT_SHORT},{DEFAULT_LONG})",
+    )
+    p.add_argument(
+        "--novelty",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="as events.novelty: weigh a windowed model's scores by how unlike the key's recent "
+        "windows each window is; auto (the default) = on for windowed models of one feature",
+    )
+    p.add_argument(
+        "--novelty-history",
+        type=int,
+        default=EventSettings().novelty_history,
+        help="as events.novelty_history: rows of each key that novelty compares a window with",
     )
     p.add_argument("--window", type=int, default=defaults_d.window, help="conv / lag window length")
     p.add_argument("--latent-dim", type=int, help="autoencoder latent width (default: from F)")
@@ -764,6 +778,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=evaluate_command)
 
 
+def _cooldown_arg(text: str) -> float | Literal["auto"]:
+    """A command-line value of ``events.alert_cooldown_s``: ``auto`` or a number of rows (seconds),
+    whose range the settings check ("invalid setting ... alert_cooldown_s")."""
+    return auto_or_number(text, -math.inf, math.inf)
+
+
 def settings_record(
     threshold: ThresholdSettings, batch: BatchSettings, events: EventSettings, spec: DetectorSpec
 ) -> dict[str, Any]:
@@ -779,6 +799,7 @@ def settings_record(
             "short": events.alert_gate_short,
             "long": events.alert_gate_long,
         },
+        "novelty": {"on": events.novelty, "history": events.novelty_history},
     }
 
 
@@ -809,6 +830,8 @@ def settings_from(
         alert_gate_z=args.gate_z,
         alert_gate_short=args.gate_spans[0],
         alert_gate_long=args.gate_spans[1],
+        novelty="auto" if args.novelty == "auto" else args.novelty == "on",
+        novelty_history=args.novelty_history,
     )
     spec = replace(
         DetectorSpec(),

@@ -35,12 +35,13 @@ precision). Python code runs once per new or forgotten key, not once per event.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Hashable, Sequence
 from itertools import repeat
 from typing import Literal
 
 import numpy as np
+
+from streamer.args import auto_or_number
 
 DEFAULT_GATE_Z = 2.0
 DEFAULT_SHORT = 10
@@ -52,16 +53,8 @@ _SHORT, _LONG = 0, slice(1, 3)
 
 
 def gate_z_arg(text: str) -> float | Literal["auto"]:
-    """A command-line value of ``events.alert_gate_z``: ``auto`` or a number >= 0."""
-    if text == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
-    if not 0 <= value <= 1e3:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1000, got {value:g}")
-    return value
+    """A command-line value of ``events.alert_gate_z``: ``auto`` or a number from 0 to 1000."""
+    return auto_or_number(text, 0.0, 1e3)
 
 
 def _root(scores: np.ndarray) -> np.ndarray:

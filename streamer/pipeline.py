@@ -38,6 +38,7 @@ from streamer.decode import DecodedBatch, Decoder, concat
 from streamer.dedup import AlertCooldown
 from streamer.features import EntityWindows
 from streamer.gate import AlertGate
+from streamer.novelty import NoveltyMemory
 from streamer.threshold import QuantileThreshold
 
 log = structlog.get_logger(__name__)
@@ -264,19 +265,24 @@ class Pipeline:
         self.events = events
         self._now = now
         self._windows: EntityWindows | None = None
+        self._novelty: NoveltyMemory | None = None
         self.scorer = scorer
         self.threshold = self._new_threshold(scorer)
-        self.cooldown = AlertCooldown(events.alert_cooldown_s, events.alert_escalation)
+        self.cooldown = AlertCooldown(
+            events.cooldown_s(windowed=scorer.window > 1), events.alert_escalation
+        )
         self._future_warned_at = -_FUTURE_WARNING_EVERY_S
         self.gate = self._new_gate(scorer)
         self.decoder = self._new_decoder(scorer, self.gate)
         self._windows = self._new_windows(scorer)
+        self._novelty = self._new_novelty(scorer)
 
     def swap_model(self, scorer: ScorerLike) -> None:
         """Switch to a new model between batches; the threshold and the gate restart from its score
         distribution.
 
-        Entity windows hold raw values, so they carry over when features and window length are unchanged.
+        Entity windows (and novelty's rows) hold raw values, so they carry over when features and
+        window length are unchanged.
         Everything the new model needs is built, and one all-zero input scored (it must give one
         finite score), before anything is switched: if any of it fails, the exception leaves the
         running model and its state as they were.
@@ -288,6 +294,7 @@ class Pipeline:
         gate = self._new_gate(scorer)
         decoder = self._new_decoder(scorer, gate)
         windows = self._windows if same_inputs else self._new_windows(scorer)
+        novelty = self._novelty if same_inputs else self._new_novelty(scorer)
         shape = (
             (1, len(scorer.features))
             if scorer.window <= 1
@@ -299,7 +306,16 @@ class Pipeline:
         if not np.isfinite(scores).all():
             raise ValueError(f"the new model scored an all-zero input {scores[0]}")
         self.scorer, self.threshold, self.gate, self.decoder = scorer, threshold, gate, decoder
-        self._windows = windows
+        self._windows, self._novelty = windows, novelty
+        self.cooldown.set_period(self.events.cooldown_s(windowed=scorer.window > 1))
+
+    def _seed_scores(self, scorer: ScorerLike) -> np.ndarray:
+        """The held-back scores on the pipeline's scale: their roots where novelty weighs scores
+        (sqrt(error) x a weight about 1 when nothing is new)."""
+        train = np.asarray(scorer.train_scores, dtype=np.float64)
+        if self.events.novelty_on(scorer.window, len(scorer.features)):
+            return np.sqrt(np.maximum(train, 0.0))
+        return train
 
     def _new_threshold(self, scorer: ScorerLike) -> QuantileThreshold:
         t = self.threshold_settings
@@ -307,7 +323,7 @@ class Pipeline:
             t.q,
             window=t.window,
             update_on_alert=t.update_on_alert,
-            initial_scores=scorer.train_scores,
+            initial_scores=self._seed_scores(scorer),
             alert_cap=t.alert_cap,
         )
 
@@ -317,7 +333,7 @@ class Pipeline:
         if not z:
             return None
         return AlertGate.from_scores(
-            z, scorer.train_scores, short=e.alert_gate_short, long=e.alert_gate_long
+            z, self._seed_scores(scorer), short=e.alert_gate_short, long=e.alert_gate_long
         )
 
     @property
@@ -346,6 +362,21 @@ class Pipeline:
                 window_memory_mb=self.events.window_memory_mb,
             )
         return EntityWindows(w, f, max_entities=entities)
+
+    def _new_novelty(self, scorer: ScorerLike) -> NoveltyMemory | None:
+        w, f = scorer.window, len(scorer.features)
+        if not self.events.novelty_on(w, f):
+            return None
+        history = self.events.novelty_history
+        budget = self.events.window_memory_mb * 2**20
+        entities = max(
+            1, min(MAX_WINDOW_ENTITIES, budget // NoveltyMemory.bytes_per_entity(w, f, history))
+        )
+        if entities < MAX_WINDOW_ENTITIES:
+            log.warning("novelty_entities_capped", entities=entities, novelty_history=history)
+        scaler = getattr(scorer, "scaler", None)
+        scale = getattr(scaler, "scale", None)
+        return NoveltyMemory(w, f, history=history, max_entities=entities, scale=scale)
 
     def _window_chunk_rows(self) -> int:
         """Rows whose windows are built and scored at a time (all of a batch, for the usual sizes)."""
@@ -384,6 +415,11 @@ class Pipeline:
             decoded, scores, per_feature, entities = self._in_one_pass(
                 values, origin, message_keys, timings
             )
+        if self._novelty is not None and len(scores):
+            t = time.perf_counter()
+            assert entities is not None  # a windowed model always works out its rows' entities
+            scores = self._novelty.weigh(scores, decoded.x, entities)
+            timings["novelty"] = time.perf_counter() - t
         t3 = time.perf_counter()
 
         rejected = list(decoded.rejected)

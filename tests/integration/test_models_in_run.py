@@ -61,7 +61,8 @@ def test_run_with_each_model_kind(kind: str, kit, normal, tmp_path: Path) -> Non
     # events.alert_escalation times the one before), and the scores topic flags exactly the
     # published ones.
     defaults = EventSettings()
-    cooldown_ms, escalation = defaults.alert_cooldown_s * 1000, defaults.alert_escalation
+    cooldown_ms = defaults.cooldown_s(windowed=kind == "conv") * 1000
+    escalation = defaults.alert_escalation
     by_key: dict[str | None, list[tuple[int, float]]] = {}
     for a in alerts:
         assert a.source.timestamp_ms is not None

@@ -733,3 +733,17 @@ def test_each_record_kind_has_a_schema_of_its_own(
     others = {"alert": dead, "dead_letter": alerts, "score": alerts + dead}[kind]
     assert all(validator.is_valid(r) for r in mine)
     assert not any(validator.is_valid(r) for r in others)
+
+
+def test_the_cooldown_is_auto_by_model_shape_and_follows_a_swap() -> None:
+    """auto: 120 s for a windowed model (with novelty, NAB's best), 300 s for models of single events."""
+    assert EventSettings().alert_cooldown_s == "auto"
+    single = make()
+    assert single.cooldown.cooldown_ms == 300_000
+    windowed = make(SquareScorer(window=4))
+    assert windowed.cooldown.cooldown_ms == 120_000
+    single.swap_model(SquareScorer(window=4, version="v2"))
+    assert single.cooldown.cooldown_ms == 120_000
+    assert make(alert_cooldown_s=7).cooldown.cooldown_ms == 7_000
+    with pytest.raises(ValueError, match="alert_cooldown_s"):
+        EventSettings(alert_cooldown_s="often")  # type: ignore[arg-type]

@@ -1,0 +1,192 @@
+"""Novelty: left k-nearest-neighbour distances of each entity's windows, and the score weight."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from streamer.config import EventSettings, ThresholdSettings
+from streamer.novelty import NoveltyMemory, _Entity
+from streamer.pipeline import Message, Pipeline
+
+
+def brute_force(x: np.ndarray, w: int, k: int, exclusion: int, history: int) -> np.ndarray:
+    """The definition, one window at a time: the k-th smallest distance from the window ending at
+    row e to a window ending ``exclusion`` to ``history - 1`` rows before it."""
+    windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), w, axis=0)
+    windows = windows.reshape(len(windows), -1)
+    out = np.full(len(x), np.nan)
+    for e in range(w - 1, len(x)):
+        i = e - w + 1
+        earlier = [j for j in range(len(windows)) if i - history < j <= i - exclusion]
+        if len(earlier) >= k:
+            d = np.sort(np.sqrt(((windows[earlier] - windows[i]) ** 2).sum(axis=1)))
+            out[e] = d[k - 1]
+    return out
+
+
+def distances(memory: NoveltyMemory, parts: list[np.ndarray], entity: str = "a") -> np.ndarray:
+    """The distances the memory works out for each row, batch after batch (before they become weights)."""
+    seen: list[np.ndarray] = []
+    fold = memory._fold
+
+    def capture(state, dist):  # type: ignore[no-untyped-def]
+        seen.append(dist.copy())
+        return fold(state, dist)
+
+    memory._fold = capture  # type: ignore[method-assign]
+    for part in parts:
+        memory.weights(part, [entity] * len(part))
+    return np.concatenate(seen)
+
+
+@pytest.mark.parametrize("sizes", [[400], [1, 7, 40, 152, 3, 197], [33] * 12 + [4]])
+def test_distances_follow_the_definition_across_batches_and_the_history_bound(
+    sizes: list[int],
+) -> None:
+    rng = np.random.default_rng(0)
+    x = (np.cumsum(rng.normal(size=(sum(sizes), 2)), axis=0) + 1e4).astype(np.float32)
+    want = brute_force(x, w=8, k=3, exclusion=4, history=90)
+    memory = NoveltyMemory(8, 2, history=90, k=3, exclusion=4, warmup=0)
+    parts = np.split(x, np.cumsum(sizes)[:-1])
+    got = distances(memory, parts)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    # the first whole window ends at row 7; the third earlier one for a window 4 rows on: row 13
+    assert np.isnan(got[:13]).all() and np.isfinite(got[13:]).all()
+    # float32 products, centred: close to float64 even 10,000 units from zero
+    np.testing.assert_allclose(got[13:], want[13:], rtol=1e-3)
+    assert len(memory._entities["a"].rows) == 90 + 8 - 1
+
+
+def test_entities_are_kept_apart_and_the_least_recently_seen_forgotten() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 1)).astype(np.float32)
+    entities = ["a", "b", "c"] * 100
+    memory = NoveltyMemory(4, 1, history=50, k=1, exclusion=2, warmup=0, max_entities=2)
+    seen: list[np.ndarray] = []
+    fold = memory._fold
+    memory._fold = lambda state, d: (seen.append(d.copy()), fold(state, d))[1]  # type: ignore[method-assign]
+    memory.weights(x, entities)
+    by_entity = dict(zip(["a", "b", "c"], seen, strict=True))  # folded entity by entity
+    for i, e in enumerate(["a", "b", "c"]):
+        want = brute_force(x[i::3], w=4, k=1, exclusion=2, history=50)
+        np.testing.assert_allclose(by_entity[e], want, rtol=1e-4)
+    assert list(memory._entities) == ["b", "c"]  # 'a' was seen first in the batch, so it goes first
+
+
+def test_weights_are_the_novelty_over_the_running_geometric_mean_before_it() -> None:
+    """The closed forms (plain mean of logs, then an exponential one) against the recurrence."""
+    rng = np.random.default_rng(2)
+    d = np.exp(rng.normal(size=2_600))
+    d[[5, 50, 1_500]] = np.nan  # undefined: weight 1, not folded in
+    memory = NoveltyMemory(4, 1, history=50, warmup=20, alpha=0.001)
+    state = _Entity(np.empty((0, 1), np.float32), 0, 0, 0.0)
+    got = np.concatenate([memory._fold(state, d[:700]), memory._fold(state, d[700:])])
+    want = np.ones(len(d))
+    count, mean = 0, 0.0
+    for i, v in enumerate(d):
+        if not np.isfinite(v):
+            continue
+        if count >= 20:
+            want[i] = v / math.exp(mean)
+        count += 1
+        mean += max(1.0 / count, 0.001) * (math.log(v) - mean)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    assert state.count == count and state.mean_log == pytest.approx(mean, rel=1e-12)
+
+
+def test_a_shape_already_seen_weighs_less_than_a_new_one() -> None:
+    """A daily cycle: its peaks are unremarkable once seen k times; a new shape is not."""
+    t = np.arange(3_000)
+    x = np.sin(2 * np.pi * t / 100).astype(np.float32)
+    x[2_500:2_520] += np.linspace(0.0, 1.5, 20, dtype=np.float32)  # a ramp never seen before
+    memory = NoveltyMemory(16, 1, history=1_000)
+    w = memory.weights(x[:, None], ["s"] * len(x))
+    assert w[:70].min() == 1.0  # warm-up: 50 values, from the first row with 3 earlier windows
+    assert np.median(w[1_000:2_500]) < 2
+    assert w[2_505:2_525].max() > 20 * np.median(w[1_000:2_500])
+
+
+class OneFeature:
+    """A windowed scorer of one feature whose score is the square of the window's last value."""
+
+    kind = "conv"
+    name = "last"
+    version = "v1"
+    features = ("v",)
+
+    def __init__(self, window: int = 8) -> None:
+        self.window = window
+        self.train_scores = np.linspace(0.0, 4.0, 1_000)
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        last = x[:, -1, :] if x.ndim == 3 else x
+        err = (last.astype(np.float64) ** 2).astype(np.float32)
+        return err.sum(axis=1).astype(np.float64), err
+
+
+def pipeline(scorer: OneFeature, **events: object) -> Pipeline:
+    return Pipeline(scorer, ThresholdSettings(q=0.99), EventSettings(**events))  # type: ignore[arg-type]
+
+
+def batch(values: np.ndarray, start: int = 0, key: bytes = b"s") -> list[Message]:
+    return [
+        Message(orjson.dumps({"v": float(v)}), key, "in", 0, start + i, 1_000 * (start + i))
+        for i, v in enumerate(values)
+    ]
+
+
+def test_auto_weighs_windowed_models_of_one_feature_and_seeds_on_the_same_scale() -> None:
+    on = pipeline(OneFeature())
+    assert on._novelty is not None
+    # the threshold starts from the roots of the held-back scores, as scores are now roots x weight
+    assert on.threshold.get() == pytest.approx(
+        np.quantile(np.sqrt(np.linspace(0, 4, 1_000)), 0.99), rel=0.02
+    )
+    assert pipeline(OneFeature(), novelty=False)._novelty is None
+    assert (
+        pipeline(OneFeature(window=1))._novelty is None
+    )  # a model of single rows: nothing to compare
+
+    class Two(OneFeature):
+        features = ("v", "w")
+
+    assert pipeline(Two())._novelty is None  # auto: off where its cost grows with features
+    assert pipeline(Two(), novelty=True)._novelty is not None
+
+    values = np.sin(np.arange(400) / 5.0)
+    result = on.process_messages(batch(values))
+    base = np.sqrt(values**2)
+    assert np.allclose(result.scores[:50], base[:50])  # warm-up: weight 1
+    assert not np.allclose(result.scores[100:], base[100:])
+    off = pipeline(OneFeature(), novelty=False).process_messages(batch(values))
+    assert np.allclose(off.scores, values**2)
+
+
+def test_a_swap_with_the_same_inputs_keeps_each_entitys_rows() -> None:
+    p = pipeline(OneFeature())
+    p.process_messages(batch(np.arange(100.0)))
+    memory = p._novelty
+    p.swap_model(OneFeature())
+    assert p._novelty is memory and len(memory) == 1  # type: ignore[arg-type]
+    p.swap_model(OneFeature(window=4))
+    assert p._novelty is not memory and len(p._novelty) == 0  # type: ignore[arg-type]
+
+
+def test_the_memory_cap_shares_window_memory_mb() -> None:
+    p = pipeline(OneFeature(), novelty_history=1_000, window_memory_mb=1)
+    assert p._novelty is not None
+    assert p._novelty.max_entities == 2**20 // ((1_000 + 8 - 1) * 4)
+
+
+def test_a_window_longer_than_the_history_still_finds_candidates() -> None:
+    """A checkpoint may hold a window of 4,096; the exclusion is then half the history, not of W."""
+    memory = NoveltyMemory(64, 1, history=40, k=1, warmup=0)
+    assert memory.exclusion == 20
+    x = np.random.default_rng(3).normal(size=(200, 1)).astype(np.float32)
+    got = distances(memory, [x])
+    np.testing.assert_allclose(got, brute_force(x, w=64, k=1, exclusion=20, history=40), rtol=1e-4)
+    assert np.isfinite(got[63 + 20 :]).all()
