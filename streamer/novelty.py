@@ -39,6 +39,8 @@ _QUERY_CHUNK = 1_024
 # The exponential mean's weights are applied in closed form over at most this many values at a time
 # (1 / (1 - alpha) ** n stays far inside float64 for alpha 0.001).
 _EWMA_CHUNK = 20_000
+# Centred values up to this size keep every float32 sum of squares finite (W x F up to 10^7 terms).
+_FLOAT32_SAFE = 1e15
 # Candidates picked on float32 distances beyond the k needed, whose distances are then taken exactly:
 # room for float32's rounding to misorder near ties.
 _SPARE = 4
@@ -115,7 +117,10 @@ class NoveltyMemory:
             return out
         rows = np.asarray(x, dtype=np.float32).reshape(n, self.n_features)
         if self.scale is not None:
-            rows = rows / self.scale
+            with np.errstate(over="ignore"):
+                rows = rows / self.scale  # beyond float32 is inf: its windows are undefined
+        if np.isnan(rows).any():  # the decoder passes none; kept apart from every window as inf
+            rows = np.where(np.isnan(rows), np.float32(np.inf), rows)
         code_of = {entity: i for i, entity in enumerate(dict.fromkeys(entities))}
         codes = np.fromiter(map(code_of.__getitem__, entities), dtype=np.intp, count=n)
         order = np.argsort(codes, kind="stable")
@@ -158,9 +163,10 @@ class NoveltyMemory:
         """For the windows ending at seq rows [q_lo, q_hi): the k-th smallest distance to a complete
         window ending ``exclusion`` to ``history - 1`` rows before it (NaN with fewer than k).
 
-        The nearest few are picked on float32 products (centred on the candidates' mean, so that
-        ``|a|^2 + |b|^2 - 2ab`` does not cancel on a series far from zero), then their distances
-        taken again exactly in float64: the result does not depend on how rows were batched.
+        The nearest few are picked on float32 products (centred on the candidates' median, so that
+        ``|a|^2 + |b|^2 - 2ab`` does not cancel on a series far from zero; float64 where values are
+        too large for float32's squares), then their distances taken again exactly in float64: the
+        result does not depend on how rows were batched.
         """
         w = self.window
         out = np.full(q_hi - q_lo, np.nan)
@@ -179,9 +185,14 @@ class NoveltyMemory:
             return out
         cand = flat[c_lo - (w - 1) : c_hi - (w - 1)]  # window index = its end row - (w - 1)
         query = flat[qs - (w - 1)]
-        centre = cand.mean(axis=0, dtype=np.float64).astype(np.float32)
-        c = torch.from_numpy(np.ascontiguousarray(cand - centre))
-        q = torch.from_numpy(np.ascontiguousarray(query - centre))
+        # the median of 32-odd rows spread over the candidates: one absurd row cannot move it
+        centre = np.median(cand[:: max(1, len(cand) // 32)], axis=0)
+        c, q = cand - centre, query - centre
+        if not (np.abs(c).max() < _FLOAT32_SAFE and np.abs(q).max() < _FLOAT32_SAFE):
+            # squares that float32 cannot hold (or values that are not finite: the model's error
+            # dead-letters those events, but their rows stay in the history)
+            c, q = c.astype(np.float64), q.astype(np.float64)
+        c, q = torch.from_numpy(np.ascontiguousarray(c)), torch.from_numpy(np.ascontiguousarray(q))
         d2 = torch.addmm((c * c).sum(1)[None, :], q, c.T, alpha=-2.0)  # |c|^2 - 2qc: |q|^2 aside
         c_ends = torch.arange(c_lo, c_hi)[None, :]
         q_ends = torch.from_numpy(qs)[:, None]

@@ -190,3 +190,22 @@ def test_a_window_longer_than_the_history_still_finds_candidates() -> None:
     got = distances(memory, [x])
     np.testing.assert_allclose(got, brute_force(x, w=64, k=1, exclusion=20, history=40), rtol=1e-4)
     assert np.isfinite(got[63 + 20 :]).all()
+
+
+@pytest.mark.parametrize("absurd", [1e30, np.inf, np.nan])
+def test_one_absurd_row_does_not_blind_the_entity(absurd: float) -> None:
+    """A value too large for float32's squares (or not finite) stays in the history for 2,000 rows;
+    the other windows' distances must stay right (the ones holding it are undefined: weight 1)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(600, 1)).astype(np.float32)
+    x[100] = absurd
+    memory = NoveltyMemory(8, 1, history=300, k=1, exclusion=4, warmup=0)
+    got = distances(memory, [x[:250], x[250:]])
+    clean = x.astype(np.float64).copy()
+    want = brute_force(np.where(np.isfinite(clean), clean, 1e30), w=8, k=1, exclusion=4, history=300)
+    holding = np.zeros(len(x), dtype=bool)
+    holding[100:108] = True  # the windows that hold the absurd row
+    ok = ~holding & np.isfinite(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-4)
+    weights = NoveltyMemory(8, 1, history=300, k=1, exclusion=4, warmup=0).weights(x, ["a"] * 600)
+    assert np.isfinite(weights).all()
