@@ -202,7 +202,9 @@ def test_one_absurd_row_does_not_blind_the_entity(absurd: float) -> None:
     memory = NoveltyMemory(8, 1, history=300, k=1, exclusion=4, warmup=0)
     got = distances(memory, [x[:250], x[250:]])
     clean = x.astype(np.float64).copy()
-    want = brute_force(np.where(np.isfinite(clean), clean, 1e30), w=8, k=1, exclusion=4, history=300)
+    want = brute_force(
+        np.where(np.isfinite(clean), clean, 1e30), w=8, k=1, exclusion=4, history=300
+    )
     holding = np.zeros(len(x), dtype=bool)
     holding[100:108] = True  # the windows that hold the absurd row
     ok = ~holding & np.isfinite(want)
