@@ -65,5 +65,7 @@ def auto_or_number(text: str, low: float, high: float) -> float | Literal["auto"
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
     if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {value:g}")
+        raise argparse.ArgumentTypeError(
+            f"must be between {low:.15g} and {high:.15g}, got {value:.15g}"
+        )
     return value

@@ -288,7 +288,8 @@ class EventSettings(_Section):
     # window is (streamer.novelty): the score becomes sqrt(error) x novelty / the entity's typical
     # novelty. "auto" = on for a windowed model of one feature (its cost grows with window x features
     # x history per event), off otherwise; on/off force it for any windowed model. The kept rows
-    # ((novelty_history + W - 1) x features x 4 bytes per entity) share window_memory_mb's cap.
+    # ((novelty_history + W - 1) x features x 4 bytes per entity) are capped by window_memory_mb,
+    # a budget of their own beside the windows'.
     novelty: bool | Literal["auto"] = "auto"
     novelty_history: int = Field(default=2_000, ge=8, le=1_000_000)
 

@@ -779,9 +779,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cooldown_arg(text: str) -> float | Literal["auto"]:
-    """A command-line value of ``events.alert_cooldown_s``: ``auto`` or a number of rows (seconds),
-    whose range the settings check ("invalid setting ... alert_cooldown_s")."""
-    return auto_or_number(text, -math.inf, math.inf)
+    """A command-line value of ``events.alert_cooldown_s``: ``auto`` or rows (seconds) from 0 to
+    30 days."""
+    return auto_or_number(text, 0.0, 30 * 86_400.0)
 
 
 def settings_record(

@@ -12,35 +12,55 @@ distance of discord discovery, computed on the entity's own recent past.
 The pipeline weighs the model's score by it: ``sqrt(error) * novelty / typical novelty``, where the
 typical novelty is the entity's running geometric mean (a plain mean of logs over its first
 ``1 / alpha`` windows, then an exponential one), so that each entity's weight is about 1 when nothing
-is new, whatever its noise level. Until an entity has ``warmup`` novelty values, or while fewer than
-``k`` earlier windows exist, the weight is 1. On NAB this took conv's corpus score from 55.8 to 62.8
-(README, detection quality).
+is new, whatever its noise level. Rows are compared as the model sees them (its scaler's centred,
+scaled and clipped values), so one absurd reading moves a distance no more than it moves the model's
+input; an exact repeat (distance 0) weighs least and does not enter the typical novelty.
+Until an entity has ``warmup`` novelty values (its first 100 rows at W = 32: 49 before the first
+distance), or while fewer than ``k`` earlier windows exist, the weight is 1. On NAB this took conv's
+corpus score from 54.2 to 62.0 with a 120-row cooldown (README, detection quality).
 
 Cost: one ``(rows, history) x (window * features)`` product per entity and batch, so about
-``history * window * features`` multiply-adds per event; on by default (``auto``) only where that
-is small, for windowed models of one feature. Memory: ``history + window - 1`` float32 rows per
-entity, entities capped by ``events.window_memory_mb`` (least recently seen go first).
+``history * window * features`` multiply-adds per event, plus a fixed cost per entity and batch
+(~100-250 us) that dominates where keys have one or two events per batch; on by default (``auto``)
+only for windowed models of one feature. Memory: ``history + window - 1`` float32 rows per entity,
+entities capped by ``events.window_memory_mb`` (a budget of their own beside the windows'; the
+least recently seen go first).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import structlog
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-# Query windows compared at a time: bounds the (queries, candidates) distance block to ~64 MB at
-# the default history.
+log = structlog.get_logger(__name__)
+
+# Distinct keys in one batch from which novelty's fixed cost per key and batch (~100-250 us) is
+# logged as the likely bottleneck (novelty_many_keys, at most every _MANY_KEYS_EVERY_S seconds).
+_MANY_KEYS = 1_000
+_MANY_KEYS_EVERY_S = 600.0
+# Query windows compared at a time, at most (fewer with a long history: see _CHUNK_ELEMENTS).
 _QUERY_CHUNK = 1_024
 # The exponential mean's weights are applied in closed form over at most this many values at a time
 # (1 / (1 - alpha) ** n stays far inside float64 for alpha 0.001).
 _EWMA_CHUNK = 20_000
-# Centred values up to this size keep every float32 sum of squares finite (W x F up to 10^7 terms).
+# Centred values up to this size keep every float32 sum of squares finite (W x F up to 10^7 terms);
+# below _FLOAT32_TINY their squares would flush to zero.
 _FLOAT32_SAFE = 1e15
+_FLOAT32_TINY = 1e-15
+# A distance below this fraction of the entity's typical novelty is an exact repeat (0, or float
+# noise around it): it weighs this much, the least, and does not enter the typical novelty.
+_REPEAT = 1e-6
+# A (queries, candidates) block holds at most about this many numbers (~16 MB of float32; at the
+# default history of 2,000 rows, 1,024 queries at a time).
+_CHUNK_ELEMENTS = 4_000_000
 # Candidates picked on float32 distances beyond the k needed, whose distances are then taken exactly:
 # room for float32's rounding to misorder near ties.
 _SPARE = 4
@@ -68,7 +88,7 @@ class NoveltyMemory:
         warmup: int = 50,
         alpha: float = 0.001,
         max_entities: int = 100_000,
-        scale: np.ndarray | None = None,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         if window < 2:
             raise ValueError(f"window must be at least 2, got {window}")
@@ -85,14 +105,19 @@ class NoveltyMemory:
         self.window, self.n_features = window, n_features
         self.history, self.k, self.exclusion = history, k, exclusion
         self.warmup, self.alpha, self.max_entities = warmup, alpha, max_entities
-        # Rows are divided by this per-feature scale before distances are taken (the model's scaler),
-        # so that no feature outweighs the others by its unit alone.
-        self.scale = None if scale is None else np.asarray(scale, dtype=np.float32).reshape(-1)
-        if self.scale is not None and (
-            len(self.scale) != n_features or not (np.isfinite(self.scale) & (self.scale > 0)).all()
-        ):
-            raise ValueError(f"scale must be {n_features} positive finite values")
+        # Rows go through this before distances are taken: the model's scaler (centred, scaled and
+        # clipped as the model sees them), so that no feature outweighs the others by its unit
+        # alone, and one absurd reading moves a distance no further than it moves the model's input.
+        self.transform = transform
+        # Queries compared at a time: their (queries, candidates) block stays near _CHUNK_ELEMENTS.
+        self.query_chunk = max(1, min(_QUERY_CHUNK, _CHUNK_ELEMENTS // (history + _QUERY_CHUNK)))
+        # The exponential mean's closed form over at most this many values: (1 - alpha)^-n stays
+        # below e^600, inside float64.
+        self.ewma_chunk = (
+            max(1, min(_EWMA_CHUNK, int(600.0 / -math.log1p(-alpha)))) if alpha < 1 else 1
+        )
         self._entities: OrderedDict[Hashable, _Entity] = OrderedDict()
+        self._many_keys_logged_at = -math.inf
 
     def __len__(self) -> int:
         return len(self._entities)
@@ -116,12 +141,23 @@ class NoveltyMemory:
         if n == 0:
             return out
         rows = np.asarray(x, dtype=np.float32).reshape(n, self.n_features)
-        if self.scale is not None:
-            with np.errstate(over="ignore"):
-                rows = rows / self.scale  # beyond float32 is inf: its windows are undefined
+        if self.transform is not None:
+            with np.errstate(over="ignore", invalid="ignore"):
+                rows = np.asarray(self.transform(rows), dtype=np.float32)
         if np.isnan(rows).any():  # the decoder passes none; kept apart from every window as inf
             rows = np.where(np.isnan(rows), np.float32(np.inf), rows)
         code_of = {entity: i for i, entity in enumerate(dict.fromkeys(entities))}
+        if len(code_of) >= _MANY_KEYS and (
+            time.monotonic() - self._many_keys_logged_at >= _MANY_KEYS_EVERY_S
+        ):
+            self._many_keys_logged_at = time.monotonic()
+            log.warning(
+                "novelty_many_keys",
+                keys=len(code_of),
+                events=n,
+                hint="novelty costs ~100-250 us per key and batch; where it limits throughput, "
+                "larger batches or events.novelty = false give it back",
+            )
         codes = np.fromiter(map(code_of.__getitem__, entities), dtype=np.intp, count=n)
         order = np.argsort(codes, kind="stable")
         bounds = np.cumsum(np.bincount(codes, minlength=len(code_of)))
@@ -147,8 +183,8 @@ class NoveltyMemory:
             flat = sliding_window_view(seq, (w, self.n_features))[:, 0].reshape(
                 len(seq) - w + 1, -1
             )
-            for lo in range(0, n, _QUERY_CHUNK):
-                hi = min(n, lo + _QUERY_CHUNK)
+            for lo in range(0, n, self.query_chunk):
+                hi = min(n, lo + self.query_chunk)
                 dist[lo:hi] = self._kth_distances(flat, p + lo, p + hi, first_complete)
         weights = self._fold(state, dist)
         keep = self.history + w - 1
@@ -188,9 +224,10 @@ class NoveltyMemory:
         # the median of 32-odd rows spread over the candidates: one absurd row cannot move it
         centre = np.median(cand[:: max(1, len(cand) // 32)], axis=0)
         c, q = cand - centre, query - centre
-        if not (np.abs(c).max() < _FLOAT32_SAFE and np.abs(q).max() < _FLOAT32_SAFE):
-            # squares that float32 cannot hold (or values that are not finite: the model's error
-            # dead-letters those events, but their rows stay in the history)
+        top = max(np.abs(c).max(), np.abs(q).max())
+        if not _FLOAT32_TINY < top < _FLOAT32_SAFE:
+            # squares that float32 cannot hold, or that it flushes to zero (or values that are not
+            # finite: the model's error dead-letters those events, but their rows stay in history)
             c, q = c.astype(np.float64), q.astype(np.float64)
         c, q = torch.from_numpy(np.ascontiguousarray(c)), torch.from_numpy(np.ascontiguousarray(q))
         d2 = torch.addmm((c * c).sum(1)[None, :], q, c.T, alpha=-2.0)  # |c|^2 - 2qc: |q|^2 aside
@@ -211,7 +248,14 @@ class NoveltyMemory:
     def _fold(self, state: _Entity, dist: np.ndarray) -> np.ndarray:
         """Weights from the running mean before each value, then the values folded into it."""
         weights = np.ones(len(dist), dtype=np.float64)
-        valid = np.flatnonzero(np.isfinite(dist) & (dist > 0))
+        finite = np.isfinite(dist)
+        # an exact repeat (distance 0, or float noise around it): the least weight, and not folded
+        # in, since a log of 0 would drag the typical novelty down without end
+        repeat = finite & (dist <= _REPEAT * math.exp(state.mean_log) if state.count else dist <= 0)
+        valid = np.flatnonzero(finite & ~repeat)
+        # a repeat weighs least once its entity is out of warm-up (counted in values folded before it)
+        folded_before = state.count + np.cumsum(finite & ~repeat) - (finite & ~repeat)
+        weights[repeat & (folded_before >= max(self.warmup, 1))] = _REPEAT
         if not len(valid):
             return weights
         logs = np.log(dist[valid])
@@ -229,7 +273,7 @@ class NoveltyMemory:
         # Phase 2: an exponential mean, m_j = (1 - a) m_{j-1} + a l_j, in closed form per chunk.
         r = 1.0 - self.alpha
         while i < len(logs):
-            chunk = logs[i : i + _EWMA_CHUNK]
+            chunk = logs[i : i + self.ewma_chunk]
             j = np.arange(1, len(chunk) + 1)
             acc = np.cumsum(self.alpha * chunk * r ** (-j))
             after = r**j * (mean + acc)

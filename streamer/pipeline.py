@@ -44,6 +44,8 @@ from streamer.threshold import QuantileThreshold
 log = structlog.get_logger(__name__)
 # At most one `event_time_in_future` warning per this many seconds: a wrong clock sends many.
 _FUTURE_WARNING_EVERY_S = 60.0
+# Novelty compares rows in the model's scaled units, clipped at this many scales.
+NOVELTY_CLIP = 1_000.0
 # Entities whose windows are kept, at most (fewer where events.window_memory_mb says so).
 MAX_WINDOW_ENTITIES = 100_000
 # A windowed model's inputs are built and scored this many bytes of windows at a time: a batch of
@@ -243,6 +245,18 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _novelty_units(center: np.ndarray, scale: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Rows in the model's scaled units, clipped at NOVELTY_CLIP scales (the model's own clip, 50,
+    flattened NAB's large anomalies: conv 62.0 -> 60.8; unclipped, one reading of 1e6 scored 8.75e6
+    and its 1,000 events of swollen gate variance hid the next incident)."""
+    c, s = np.asarray(center, dtype=np.float32), np.asarray(scale, dtype=np.float32)
+
+    def units(x: np.ndarray) -> np.ndarray:
+        return np.clip((x - c) / s, -NOVELTY_CLIP, NOVELTY_CLIP)
+
+    return units
+
+
 class Pipeline:
     """Scores micro-batches with one model and an adaptive threshold; swaps models between batches."""
 
@@ -375,8 +389,9 @@ class Pipeline:
         if entities < MAX_WINDOW_ENTITIES:
             log.warning("novelty_entities_capped", entities=entities, novelty_history=history)
         scaler = getattr(scorer, "scaler", None)
-        scale = getattr(scaler, "scale", None)
-        return NoveltyMemory(w, f, history=history, max_entities=entities, scale=scale)
+        center, scale = getattr(scaler, "center", None), getattr(scaler, "scale", None)
+        transform = None if center is None or scale is None else _novelty_units(center, scale)
+        return NoveltyMemory(w, f, history=history, max_entities=entities, transform=transform)
 
     def _window_chunk_rows(self) -> int:
         """Rows whose windows are built and scored at a time (all of a batch, for the usual sizes)."""

@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from models.scaling import RobustScaler
 from streamer.config import EventSettings, ThresholdSettings
 from streamer.novelty import NoveltyMemory, _Entity
 from streamer.pipeline import Message, Pipeline
@@ -211,3 +212,49 @@ def test_one_absurd_row_does_not_blind_the_entity(absurd: float) -> None:
     np.testing.assert_allclose(got[ok], want[ok], rtol=1e-4)
     weights = NoveltyMemory(8, 1, history=300, k=1, exclusion=4, warmup=0).weights(x, ["a"] * 600)
     assert np.isfinite(weights).all()
+
+
+class ScaledOneFeature(OneFeature):
+    """As the real Scorer: inputs centred, scaled and clipped (to 50) before the model sees them."""
+
+    scaler = RobustScaler(center=np.zeros(1, np.float32), scale=np.ones(1, np.float32))
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return super().score(self.scaler.transform(x))
+
+
+def test_one_garbage_reading_does_not_blind_the_gate_to_the_next_incident() -> None:
+    """Novelty sees the rows as the model does (clipped): a reading of 1e6 weighed by its raw
+    distance scored 8.75e6, swelled the gate's long variance, and the real incident 1,000 rows
+    later passed no alert (a reviewer's reproduction)."""
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=4_000)
+    values[2_500:2_540] += 6.0  # the incident
+    values[1_500] = 1e6  # one garbage reading
+    p = pipeline(ScaledOneFeature(window=32))
+    published: list[int] = []
+    scores = []
+    for lo in range(0, len(values), 500):
+        result = p.process_messages(batch(values[lo : lo + 500], start=lo))
+        published += (result.valid[result.published] + lo).tolist()
+        scores.append(result.scores)
+    assert any(2_500 <= row < 2_600 for row in published), published
+    assert np.concatenate(scores).max() < 1e4
+
+
+def test_exact_repeats_weigh_least() -> None:
+    """A window seen k times exactly (distance 0) weighs least, and below a merely close one: it
+    was left out and weighed 1 (a quantised series repeats exactly all the time; a reviewer's
+    integer sine had 1,682 such windows at weight 1 while its near repeats weighed 0.8)."""
+    rng = np.random.default_rng(5)
+    t = np.arange(3_000)
+    x = np.round(3 * np.sin(2 * np.pi * t / 50)).astype(np.float32)
+    x[:600] += rng.integers(0, 2, 600)  # a noisy start: the typical novelty forms
+    x[2_000:2_003] += 1  # a small change, later
+    w = NoveltyMemory(32, 1).weights(x[:, None], ["s"] * len(x))
+    repeats = w[1_000:2_000]  # all exact repeats of the cycle
+    assert repeats.max() < 1e-3
+    assert w[2_000:2_035].max() > 1e4 * repeats.max()  # the change: close to the typical novelty
+    # a series that never varied has no typical novelty: its repeats stay at 1, not 0 or NaN
+    flat = NoveltyMemory(8, 1).weights(np.zeros((500, 1), np.float32), ["f"] * 500)
+    assert (flat == 1.0).all()
