@@ -32,10 +32,10 @@ from collections.abc import Hashable, Sequence
 # without the gate (dense, vae) 120 s nearly doubles the false alarms of SMAP and MSL against 300 s
 # (3.2 and 5.6 per 1,000 events against 1.8 and 3.0). None of them changes the point-wise F1 of SMAP,
 # MSL or ASD. With novelty (streamer.novelty, on for windowed models of one feature) NAB's best moved
-# to 120 s (NAB 62.0, against 61.3 at 200 s and 59.0 at 300 s, at b978f03), so `auto` gives windowed
-# models 120 s.
+# to 120 s (at b978f03, history 5,000: 62.9 at 120 s, 61.3 at 200 s, 59.0 at 300 s), so `auto` gives
+# 120 s where novelty is on.
 DEFAULT_COOLDOWN_S = 300.0
-WINDOWED_COOLDOWN_S = 120.0
+NOVELTY_COOLDOWN_S = 120.0
 DEFAULT_ESCALATION = 8.0
 # An entity's event time further back than this (or than one cooldown, if longer) from its last
 # published alert is a clock set back: a device reset to 1970 would otherwise keep it quiet for 56

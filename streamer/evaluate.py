@@ -32,11 +32,11 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-from streamer.args import ALERT_CAP_HELP, auto_or_number, non_negative_int, seed
+from streamer.args import ALERT_CAP_HELP, auto_or_number, non_negative_int, positive_int, seed
 from streamer.baselines import BASELINE_KINDS, HalfSpaceTreesScorer, PCAScorer
 from streamer.config import BatchSettings, EventSettings, ThresholdSettings
 from streamer.data import number
-from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION, WINDOWED_COOLDOWN_S
+from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION, NOVELTY_COOLDOWN_S
 from streamer.errors import DataError, StreamerError
 from streamer.gate import DEFAULT_GATE_Z, DEFAULT_LONG, DEFAULT_SHORT, gate_z_arg
 from streamer.metrics import detection_report
@@ -490,6 +490,9 @@ class EvalResult:
     window: int
     version: str
     decisions: Decisions | None = field(default=None, repr=False)
+    # what `auto` settings resolved to for this detector (None where not recorded)
+    cooldown_s: float | None = None
+    novelty: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -499,6 +502,8 @@ class EvalResult:
             "replay_s": self.replay_s,
             "window": self.window,
             "version": self.version,
+            "cooldown_s": self.cooldown_s,
+            "novelty": self.novelty,
         }
 
 
@@ -513,6 +518,7 @@ def evaluate_series(
 ) -> list[EvalResult]:
     """Fit and replay each detector kind on one series under the same protocol; one result per kind."""
     out = []
+    resolved = events or EventSettings()
     with tempfile.TemporaryDirectory(prefix="ae-eval-") as tmp:
         for kind in kinds:
             t0 = time.perf_counter()
@@ -535,6 +541,8 @@ def evaluate_series(
                     window=scorer.window,
                     version=scorer.version,
                     decisions=decisions if keep_decisions else None,
+                    cooldown_s=resolved.cooldown_s(scorer.window, len(scorer.features)),
+                    novelty=resolved.novelty_on(scorer.window, len(scorer.features)),
                 )
             )
     return out
@@ -699,8 +707,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="alert de-duplication, as events.alert_cooldown_s with one row per second: a key's "
         "alerts are not published for N rows after each one published; auto (the default) = "
-        f"{WINDOWED_COOLDOWN_S:g} for windowed models, {DEFAULT_COOLDOWN_S:g} for models of single "
-        "rows; 0 = off",
+        f"{NOVELTY_COOLDOWN_S:g} where novelty is on, else {DEFAULT_COOLDOWN_S:g}; 0 = off",
     )
     p.add_argument(
         "--escalation",
@@ -734,7 +741,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--novelty-history",
-        type=int,
+        type=_novelty_history_arg,
         default=EventSettings().novelty_history,
         help="as events.novelty_history: rows of each key that novelty compares a window with",
     )
@@ -776,6 +783,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--plot", type=Path, help="PNG of series, scores, threshold, alerts, labels")
     p.set_defaults(func=evaluate_command)
+
+
+def _novelty_history_arg(text: str) -> int:
+    """A command-line value of ``events.novelty_history``: rows, from 8 to 1,000,000."""
+    value = positive_int(text)
+    if not 8 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"must be between 8 and 1000000, got {value}")
+    return value
 
 
 def _cooldown_arg(text: str) -> float | Literal["auto"]:

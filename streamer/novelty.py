@@ -15,9 +15,9 @@ typical novelty is the entity's running geometric mean (a plain mean of logs ove
 is new, whatever its noise level. Rows are compared as the model sees them (its scaler's centred,
 scaled and clipped values), so one absurd reading moves a distance no more than it moves the model's
 input; an exact repeat (distance 0) weighs least and does not enter the typical novelty.
-Until an entity has ``warmup`` novelty values (its first 100 rows at W = 32: 49 before the first
+Until an entity has ``warmup`` novelty values (its first 99 rows at W = 32: 49 before the first
 distance), or while fewer than ``k`` earlier windows exist, the weight is 1. On NAB this took conv's
-corpus score from 54.2 to 62.0 with a 120-row cooldown (README, detection quality).
+corpus score from 54.2 to 61.5 with a 120-row cooldown (README, detection quality).
 
 Cost: one ``(rows, history) x (window * features)`` product per entity and batch, so about
 ``history * window * features`` multiply-adds per event, plus a fixed cost per entity and batch

@@ -245,10 +245,25 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _units(scorer: ScorerLike) -> tuple[np.ndarray, np.ndarray] | None:
+    """The scorer's scaler centre and scale, where it has them."""
+    scaler = getattr(scorer, "scaler", None)
+    center, scale = getattr(scaler, "center", None), getattr(scaler, "scale", None)
+    return None if center is None or scale is None else (center, scale)
+
+
+def _same_units(a: ScorerLike, b: ScorerLike) -> bool:
+    """Whether two scorers scale rows alike (so that novelty's kept rows mean the same)."""
+    ua, ub = _units(a), _units(b)
+    if ua is None or ub is None:
+        return ua is ub
+    return all(np.array_equal(x, y) for x, y in zip(ua, ub, strict=True))
+
+
 def _novelty_units(center: np.ndarray, scale: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """Rows in the model's scaled units, clipped at NOVELTY_CLIP scales (the model's own clip, 50,
-    flattened NAB's large anomalies: conv 62.0 -> 60.8; unclipped, one reading of 1e6 scored 8.75e6
-    and its 1,000 events of swollen gate variance hid the next incident)."""
+    """Rows in the model's scaled units, clipped at NOVELTY_CLIP scales. Unclipped, one reading
+    of 1e6 scored 8.75e6 and its 1,000 events of swollen gate variance hid the next incident; the
+    model's own clip, 50, flattened NAB's large anomalies (conv's NAB 60.8, against 61.5 at 1,000)."""
     c, s = np.asarray(center, dtype=np.float32), np.asarray(scale, dtype=np.float32)
 
     def units(x: np.ndarray) -> np.ndarray:
@@ -283,7 +298,7 @@ class Pipeline:
         self.scorer = scorer
         self.threshold = self._new_threshold(scorer)
         self.cooldown = AlertCooldown(
-            events.cooldown_s(windowed=scorer.window > 1), events.alert_escalation
+            events.cooldown_s(scorer.window, len(scorer.features)), events.alert_escalation
         )
         self._future_warned_at = -_FUTURE_WARNING_EVERY_S
         self.gate = self._new_gate(scorer)
@@ -295,8 +310,9 @@ class Pipeline:
         """Switch to a new model between batches; the threshold and the gate restart from its score
         distribution.
 
-        Entity windows (and novelty's rows) hold raw values, so they carry over when features and
-        window length are unchanged.
+        Entity windows hold raw values, so they carry over when features and window length are
+        unchanged; novelty's rows hold the model's scaled units, so they carry over only when the
+        scaler is unchanged too (else the history starts again).
         Everything the new model needs is built, and one all-zero input scored (it must give one
         finite score), before anything is switched: if any of it fails, the exception leaves the
         running model and its state as they were.
@@ -308,7 +324,11 @@ class Pipeline:
         gate = self._new_gate(scorer)
         decoder = self._new_decoder(scorer, gate)
         windows = self._windows if same_inputs else self._new_windows(scorer)
-        novelty = self._novelty if same_inputs else self._new_novelty(scorer)
+        novelty = (
+            self._novelty
+            if same_inputs and _same_units(self.scorer, scorer)
+            else self._new_novelty(scorer)
+        )
         shape = (
             (1, len(scorer.features))
             if scorer.window <= 1
@@ -321,7 +341,7 @@ class Pipeline:
             raise ValueError(f"the new model scored an all-zero input {scores[0]}")
         self.scorer, self.threshold, self.gate, self.decoder = scorer, threshold, gate, decoder
         self._windows, self._novelty = windows, novelty
-        self.cooldown.set_period(self.events.cooldown_s(windowed=scorer.window > 1))
+        self.cooldown.set_period(self.events.cooldown_s(scorer.window, len(scorer.features)))
 
     def _seed_scores(self, scorer: ScorerLike) -> np.ndarray:
         """The held-back scores on the pipeline's scale: their roots where novelty weighs scores
@@ -388,9 +408,8 @@ class Pipeline:
         )
         if entities < MAX_WINDOW_ENTITIES:
             log.warning("novelty_entities_capped", entities=entities, novelty_history=history)
-        scaler = getattr(scorer, "scaler", None)
-        center, scale = getattr(scaler, "center", None), getattr(scaler, "scale", None)
-        transform = None if center is None or scale is None else _novelty_units(center, scale)
+        units = _units(scorer)
+        transform = None if units is None else _novelty_units(*units)
         return NoveltyMemory(w, f, history=history, max_entities=entities, transform=transform)
 
     def _window_chunk_rows(self) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from models import load_checkpoint
 from streamer.alerts import Alert
 from streamer.config import EventSettings
 from streamer.gate import DEFAULT_GATE_Z
@@ -61,7 +62,8 @@ def test_run_with_each_model_kind(kind: str, kit, normal, tmp_path: Path) -> Non
     # events.alert_escalation times the one before), and the scores topic flags exactly the
     # published ones.
     defaults = EventSettings()
-    cooldown_ms = defaults.cooldown_s(windowed=kind == "conv") * 1000
+    scorer = load_checkpoint(ckpt)
+    cooldown_ms = defaults.cooldown_s(scorer.window, len(scorer.features)) * 1000
     escalation = defaults.alert_escalation
     by_key: dict[str | None, list[tuple[int, float]]] = {}
     for a in alerts:

@@ -173,7 +173,7 @@ def test_replay_is_the_production_path_exactly(tmp_path: Path) -> None:
     rows = np.flatnonzero(exceeds & (rise >= DEFAULT_GATE_Z))
     assert 0 < len(rows) < exceeds.sum()
     published = np.zeros_like(exceeds)
-    cooldown = EventSettings().cooldown_s(windowed=True)  # auto: a lag-window model's
+    cooldown = EventSettings().cooldown_s(scorer.window, 1)  # auto: with novelty, 120
     published[rows] = AlertCooldown(cooldown, DEFAULT_ESCALATION).apply(
         ["series"] * len(rows), (rows * 1000.0).tolist(), d.scores[rows].tolist()
     )
@@ -441,7 +441,7 @@ def test_cli_single_series_writes_json_decisions_and_plot(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_refuses_bad_combinations(tmp_path: Path) -> None:
+def test_cli_refuses_bad_combinations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         run_cli("--model", "lstm", "--test", "x.csv")
     from streamer.errors import StreamerError
@@ -450,9 +450,12 @@ def test_cli_refuses_bad_combinations(tmp_path: Path) -> None:
         run_cli("--model", "pca")
     with pytest.raises(StreamerError, match="invalid setting"):
         run_cli("--test", "x.csv", "--q", "1.5")
-    for bad in ("-1", "nan", "often", "3000000"):  # the flag is named (argparse's usage error)
+    for flag, bad in [("--cooldown", v) for v in ("-1", "nan", "often", "3000000")] + [
+        ("--novelty-history", v) for v in ("7", "2000000", "x")
+    ]:
         with pytest.raises(SystemExit):
-            run_cli("--test", "x.csv", "--cooldown", bad)
+            run_cli("--test", "x.csv", flag, bad)
+        assert f"argument {flag}:" in capsys.readouterr().err  # the flag is named
     with pytest.raises(StreamerError, match=r"invalid setting.*alert_escalation"):
         run_cli("--test", "x.csv", "--escalation", "0.5")
     for bad in (["--gate-z", "high"], ["--gate-z", "-1"], ["--gate-spans", "10"]):

@@ -106,7 +106,8 @@ def test_a_shape_already_seen_weighs_less_than_a_new_one() -> None:
     x[2_500:2_520] += np.linspace(0.0, 1.5, 20, dtype=np.float32)  # a ramp never seen before
     memory = NoveltyMemory(16, 1, history=1_000)
     w = memory.weights(x[:, None], ["s"] * len(x))
-    assert w[:70].min() == 1.0  # warm-up: 50 values, from the first row with 3 earlier windows
+    # warm-up: 50 values from the first row with 3 earlier windows (15 + 8 + 2 = 25): rows 0-74
+    assert (w[:75] == 1.0).all() and w[75] != 1.0
     assert np.median(w[1_000:2_500]) < 2
     assert w[2_505:2_525].max() > 20 * np.median(w[1_000:2_500])
 
@@ -258,3 +259,22 @@ def test_exact_repeats_weigh_least() -> None:
     # a series that never varied has no typical novelty: its repeats stay at 1, not 0 or NaN
     flat = NoveltyMemory(8, 1).weights(np.zeros((500, 1), np.float32), ["f"] * 500)
     assert (flat == 1.0).all()
+
+
+def test_a_swap_to_a_model_that_scales_rows_differently_starts_the_history_again() -> None:
+    """Kept rows are in the model's scaled units: a refitted scaler would compare windows in two units."""
+    p = pipeline(ScaledOneFeature())
+    p.process_messages(batch(np.arange(100.0)))
+    memory = p._novelty
+    p.swap_model(ScaledOneFeature())  # the same scaler: the rows carry over
+    assert p._novelty is memory
+    other = ScaledOneFeature()
+    other.scaler = RobustScaler(center=np.zeros(1, np.float32), scale=np.full(1, 100.0, np.float32))
+    p.swap_model(other)
+    assert p._novelty is not memory and len(p._novelty) == 0  # type: ignore[arg-type]
+    assert p._novelty.transform(np.array([[100.0]], np.float32))[0, 0] == 1.0  # type: ignore[union-attr,misc]
+
+
+def test_auto_cooldown_follows_novelty() -> None:
+    assert pipeline(OneFeature()).cooldown.cooldown_ms == 120_000
+    assert pipeline(OneFeature(), novelty=False).cooldown.cooldown_ms == 300_000

@@ -735,15 +735,17 @@ def test_each_record_kind_has_a_schema_of_its_own(
     assert not any(validator.is_valid(r) for r in others)
 
 
-def test_the_cooldown_is_auto_by_model_shape_and_follows_a_swap() -> None:
-    """auto: 120 s for a windowed model (with novelty, NAB's best), 300 s for models of single events."""
+def test_the_cooldown_is_auto_by_novelty_and_follows_a_swap() -> None:
+    """auto: 120 s where novelty weighs the scores (NAB's best with it), else 300 s (its best
+    without): here a windowed model of three features, which auto leaves without novelty."""
     assert EventSettings().alert_cooldown_s == "auto"
     single = make()
     assert single.cooldown.cooldown_ms == 300_000
-    windowed = make(SquareScorer(window=4))
-    assert windowed.cooldown.cooldown_ms == 120_000
-    single.swap_model(SquareScorer(window=4, version="v2"))
-    assert single.cooldown.cooldown_ms == 120_000
+    assert make(SquareScorer(window=4)).cooldown.cooldown_ms == 300_000
+    assert make(SquareScorer(window=4), novelty=True).cooldown.cooldown_ms == 120_000
+    forced = make(novelty=True)  # novelty needs windows: a model of single events has none
+    forced.swap_model(SquareScorer(window=4, version="v2"))
+    assert forced.cooldown.cooldown_ms == 120_000
     assert make(alert_cooldown_s=7).cooldown.cooldown_ms == 7_000
     with pytest.raises(ValueError, match="alert_cooldown_s"):
         EventSettings(alert_cooldown_s="often")  # type: ignore[arg-type]
