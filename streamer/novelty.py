@@ -61,6 +61,9 @@ _REPEAT = 1e-6
 # A (queries, candidates) block holds at most about this many numbers (~16 MB of float32; at the
 # default history of 2,000 rows, 1,024 queries at a time).
 _CHUNK_ELEMENTS = 4_000_000
+# Up to this many query windows of a key in a batch, each is compared with its candidates directly
+# in float64 (_few_exact) rather than through the float32 product and top-k.
+_FEW_QUERIES = 6
 # Candidates picked on float32 distances beyond the k needed, whose distances are then taken exactly:
 # room for float32's rounding to misorder near ties.
 _SPARE = 4
@@ -225,6 +228,9 @@ class NoveltyMemory:
             return out
         cand = flat[c_lo - (w - 1) : c_hi - (w - 1)]  # window index = its end row - (w - 1)
         query = flat[qs - (w - 1)]
+        if len(qs) <= _FEW_QUERIES:
+            out[ok_query] = np.where(enough, self._few_exact(cand, query, qs, c_lo), np.nan)
+            return out
         # the median of 32-odd rows spread over the candidates: one absurd row cannot move it
         spread = cand[:: max(1, len(cand) // 32)]
         centre = np.sort(spread, axis=0)[len(spread) // 2]  # a median (np.median costs 10x more)
@@ -249,6 +255,25 @@ class NoveltyMemory:
         kth = np.sort(exact, axis=1)[:, self.k - 1]
         out[ok_query] = np.where(enough, np.sqrt(kth), np.nan)
         return out
+
+    def _few_exact(
+        self, cand: np.ndarray, query: np.ndarray, qs: np.ndarray, c_lo: int
+    ) -> np.ndarray:
+        """The k-th distances of a few queries against their allowed candidates, by direct
+        differences (no cancellation; sums in float64): cheaper than the product path where a key
+        has only an event or two in the batch, the usual case with many keys."""
+        lo = max(0, int(qs[0]) - self.history + 1 - c_lo)  # the union of the queries' candidates
+        hi = int(qs[-1]) - self.exclusion - c_lo + 1
+        diff = cand[None, lo:hi] - query[:, None, :]  # (n, C, D) float32
+        d2 = np.einsum("ncj,ncj->nc", diff, diff, dtype=np.float64)
+        ends = c_lo + lo + np.arange(hi - lo)  # each candidate's end row
+        allowed = (ends[None, :] <= qs[:, None] - self.exclusion) & (
+            ends[None, :] > qs[:, None] - self.history
+        )
+        d2[~allowed] = math.inf
+        kth = np.partition(d2, self.k - 1, axis=1)[:, self.k - 1]
+        with np.errstate(invalid="ignore"):
+            return np.sqrt(kth)
 
     def _fold(self, state: _Entity, dist: np.ndarray) -> np.ndarray:
         """Weights from the running mean before each value, then the values folded into it."""
