@@ -21,7 +21,7 @@ corpus score from 54.2 to 61.5 with a 120-row cooldown (README, detection qualit
 
 Cost: one ``(rows, history) x (window * features)`` product per entity and batch, so about
 ``history * window * features`` multiply-adds per event, plus a fixed cost per entity and batch
-(~250 us) that dominates where keys have one or two events per batch; on by default (``auto``)
+(~150-250 us) that dominates where keys have one or two events per batch; on by default (``auto``)
 only for windowed models of one feature. Memory: ``history + window - 1`` float32 rows per entity,
 entities capped by ``events.window_memory_mb`` (a budget of their own beside the windows'; the
 least recently seen go first).
@@ -42,7 +42,7 @@ from numpy.lib.stride_tricks import as_strided
 
 log = structlog.get_logger(__name__)
 
-# Distinct keys in one batch from which novelty's fixed cost per key and batch (~250 us) is
+# Distinct keys in one batch from which novelty's fixed cost per key and batch (~150-250 us) is
 # logged as the likely bottleneck (novelty_many_keys, at most every _MANY_KEYS_EVERY_S seconds).
 _MANY_KEYS = 1_000
 _MANY_KEYS_EVERY_S = 600.0
@@ -158,7 +158,7 @@ class NoveltyMemory:
                 "novelty_many_keys",
                 keys=len(code_of),
                 events=n,
-                hint="novelty costs ~250 us per key and batch; where it limits throughput, "
+                hint="novelty costs ~150-250 us per key and batch; where it limits throughput, "
                 "larger batches or events.novelty = false give it back",
             )
         codes = np.fromiter(map(code_of.__getitem__, entities), dtype=np.intp, count=n)
