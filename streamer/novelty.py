@@ -242,11 +242,7 @@ class NoveltyMemory:
             c, q = c.astype(np.float64), q.astype(np.float64)
         c, q = torch.from_numpy(np.ascontiguousarray(c)), torch.from_numpy(np.ascontiguousarray(q))
         d2 = torch.addmm((c * c).sum(1)[None, :], q, c.T, alpha=-2.0)  # |c|^2 - 2qc: |q|^2 aside
-        c_ends = torch.arange(c_lo, c_hi)[None, :]
-        q_ends = torch.from_numpy(qs)[:, None]
-        d2.masked_fill_(
-            (c_ends > q_ends - self.exclusion) | (c_ends <= q_ends - self.history), math.inf
-        )
+        d2.masked_fill_(torch.from_numpy(~self._allowed(np.arange(c_lo, c_hi), qs)), math.inf)
         pick = min(self.k + _SPARE, d2.shape[1])
         nearest = d2.topk(pick, dim=1, largest=False).indices.numpy()  # (n, pick) candidate rows
         diff = cand[nearest].astype(np.float64) - query.astype(np.float64)[:, None, :]
@@ -255,6 +251,12 @@ class NoveltyMemory:
         kth = np.sort(exact, axis=1)[:, self.k - 1]
         out[ok_query] = np.where(enough, np.sqrt(kth), np.nan)
         return out
+
+    def _allowed(self, c_ends: np.ndarray, q_ends: np.ndarray) -> np.ndarray:
+        """(queries, candidates): whether the candidate window, ending at seq row ``c_ends[j]``, ends
+        ``exclusion`` to ``history - 1`` rows before the query window ending at ``q_ends[i]``."""
+        gap = q_ends[:, None] - c_ends[None, :]
+        return (gap >= self.exclusion) & (gap < self.history)
 
     def _few_exact(
         self, cand: np.ndarray, query: np.ndarray, qs: np.ndarray, c_lo: int
@@ -266,11 +268,7 @@ class NoveltyMemory:
         hi = int(qs[-1]) - self.exclusion - c_lo + 1
         diff = cand[None, lo:hi] - query[:, None, :]  # (n, C, D) float32
         d2 = np.einsum("ncj,ncj->nc", diff, diff, dtype=np.float64)
-        ends = c_lo + lo + np.arange(hi - lo)  # each candidate's end row
-        allowed = (ends[None, :] <= qs[:, None] - self.exclusion) & (
-            ends[None, :] > qs[:, None] - self.history
-        )
-        d2[~allowed] = math.inf
+        d2[~self._allowed(c_lo + lo + np.arange(hi - lo), qs)] = math.inf
         kth = np.partition(d2, self.k - 1, axis=1)[:, self.k - 1]
         with np.errstate(invalid="ignore"):
             return np.sqrt(kth)

@@ -29,8 +29,11 @@ def brute_force(x: np.ndarray, w: int, k: int, exclusion: int, history: int) -> 
     return out
 
 
-def distances(memory: NoveltyMemory, parts: list[np.ndarray], entity: str = "a") -> np.ndarray:
-    """The distances the memory works out for each row, batch after batch (before they become weights)."""
+def distances(
+    memory: NoveltyMemory, parts: list[np.ndarray], entities: list[str] | None = None
+) -> np.ndarray:
+    """The distances the memory works out for each row (before they become weights), batch after
+    batch, in the order it folds them: entity by entity within a batch (one entity: row order)."""
     seen: list[np.ndarray] = []
     fold = memory._fold
 
@@ -40,7 +43,7 @@ def distances(memory: NoveltyMemory, parts: list[np.ndarray], entity: str = "a")
 
     memory._fold = capture  # type: ignore[method-assign]
     for part in parts:
-        memory.weights(part, [entity] * len(part))
+        memory.weights(part, entities or ["a"] * len(part))
     return np.concatenate(seen)
 
 
@@ -67,14 +70,10 @@ def test_entities_are_kept_apart_and_the_least_recently_seen_forgotten() -> None
     x = rng.normal(size=(300, 1)).astype(np.float32)
     entities = ["a", "b", "c"] * 100
     memory = NoveltyMemory(4, 1, history=50, k=1, exclusion=2, warmup=0, max_entities=2)
-    seen: list[np.ndarray] = []
-    fold = memory._fold
-    memory._fold = lambda state, d: (seen.append(d.copy()), fold(state, d))[1]  # type: ignore[method-assign]
-    memory.weights(x, entities)
-    by_entity = dict(zip(["a", "b", "c"], seen, strict=True))  # folded entity by entity
-    for i, e in enumerate(["a", "b", "c"]):
+    got = distances(memory, [x], entities)  # folded entity by entity: a's rows, then b's, then c's
+    for i, part in enumerate(np.split(got, 3)):
         want = brute_force(x[i::3], w=4, k=1, exclusion=2, history=50)
-        np.testing.assert_allclose(by_entity[e], want, rtol=1e-4)
+        np.testing.assert_allclose(part, want, rtol=1e-4)
     assert list(memory._entities) == ["b", "c"]  # 'a' was seen first in the batch, so it goes first
 
 
