@@ -18,6 +18,7 @@ from typing import Any
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamer.errors import BrokerError
+from streamer.kafka_io import client
 
 
 def free_port() -> int:
@@ -47,7 +48,14 @@ class EmbeddedBroker:
     def start(self) -> EmbeddedBroker:
         url = f"tcp://{self.bootstrap}"
         self._process = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it in order
@@ -62,7 +70,9 @@ class EmbeddedBroker:
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise BrokerError(f"tansu did not listen on {self.bootstrap} within {self.start_timeout_s} s")
+        raise BrokerError(
+            f"tansu did not listen on {self.bootstrap} within {self.start_timeout_s} s"
+        )
 
     def stop(self) -> None:
         if self._process is None:
@@ -88,7 +98,10 @@ class EmbeddedBroker:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         try:
             self.stop()
@@ -104,8 +117,10 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 def create_topics(client_config: dict[str, Any], names: Iterable[str], partitions: int = 3) -> None:
     """Create topics that do not exist yet (an existing topic is fine), waiting for the result."""
-    admin = AdminClient(client_config)
-    wanted = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in dict.fromkeys(names)]
+    admin = client(AdminClient, client_config)  # a rejected setting is named without its value
+    wanted = [
+        NewTopic(n, num_partitions=partitions, replication_factor=1) for n in dict.fromkeys(names)
+    ]
     for name, future in admin.create_topics(wanted, operation_timeout=10).items():
         try:
             future.result(timeout=30)

@@ -17,11 +17,20 @@ log = structlog.get_logger(__name__)
 S = TypeVar("S")
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
+# A model that loaded but could not be switched to (streamer.runner) is read again this long after
+# (whatever the file holds then).
+RETRY_REFUSED_S = 60.0
+
+
+def _signature(path: Path) -> tuple[int, int, int] | OSError | None:
+    """The file's (mtime, size, inode); None when there is none; the error when it cannot be looked at
+    (no permission, a loop of links: say, a model directory swapped during a deploy)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        return exc
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
@@ -48,7 +57,9 @@ class ModelWatcher(Generic[S]):
         self._version = version
         self.interval_s = interval_s
         self._clock = clock
-        self._seen = _signature(path)
+        seen = _signature(path)
+        self._seen = None if isinstance(seen, OSError) else seen
+        self._stat_error: str | None = None  # the last error looking at the file, logged once
         self._next_check = clock() + interval_s
 
     def poll(self) -> S | None:
@@ -56,6 +67,17 @@ class ModelWatcher(Generic[S]):
             return None
         self._next_check = self._clock() + self.interval_s
         sig = _signature(self.path)
+        if isinstance(sig, OSError):  # never a reason to stop: the running model stays
+            if str(sig) != self._stat_error:
+                self._stat_error = str(sig)
+                log.error(
+                    "model_path_unreadable",
+                    path=str(self.path),
+                    error=str(sig),
+                    keeping=self._version,
+                )
+            return None
+        self._stat_error = None
         if sig is None or sig == self._seen:
             return None
         self._seen = sig
@@ -73,3 +95,11 @@ class ModelWatcher(Generic[S]):
         )
         self._version = version
         return scorer
+
+    def refused(self, running_version: str) -> None:
+        """The model ``poll`` returned could not be switched to (``running_version`` still runs): read
+        the file again after ``RETRY_REFUSED_S``, changed or not, since the cause may pass (a device out
+        of memory); never again until it changed, as before, would keep the old model for good."""
+        self._version = running_version
+        self._seen = None
+        self._next_check = self._clock() + max(self.interval_s, RETRY_REFUSED_S)

@@ -44,11 +44,14 @@ from streamer.config import FLUSH_SLACK_MS, Settings
 from streamer.errors import BrokerError, DeliveryError
 from streamer.kafka_io import client
 from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
-from streamer.reload import ModelWatcher
+from streamer.reload import RETRY_REFUSED_S, ModelWatcher
 
 log = structlog.get_logger(__name__)
 
 _POLL_S = 0.5  # longest a loop turn waits for input, so stop requests are served promptly
+_PIN_TIMEOUT_S = (
+    10.0  # for each broker query that pins a "latest" start (streamer.runner._pin_latest)
+)
 # A record over the producer's message.max.bytes, or over a topic's max.message.bytes on the broker.
 _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 
@@ -75,10 +78,13 @@ class OffsetTracker:
 
     def __init__(self) -> None:
         self._next: dict[tuple[str, int], int] = {}
+        self._epoch: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
 
-    def advance(self, topic: str, partition: int, next_offset: int) -> None:
-        """Record the offset after a processed message, even one below the last.
+    def advance(self, topic: str, partition: int, next_offset: int, leader_epoch: int = -1) -> None:
+        """Record the offset after a processed message, even one below the last, with that message's
+        leader epoch (-1: unknown). Committed with the offset, the epoch lets the next reader of the
+        partition check its start against the log's history, and notice a truncation since.
 
         The position goes back without a revocation when the log was truncated under the consumer
         (an unclean leader election; librdkafka's log-truncation detection, or an out-of-range
@@ -93,10 +99,11 @@ class OffsetTracker:
                 "offset_went_back", partition=f"{topic}[{partition}]", now=next_offset, was=last
             )
         self._next[tp] = next_offset
+        self._epoch[tp] = leader_epoch
 
     def uncommitted(self, only: set[tuple[str, int]] | None = None) -> list[TopicPartition]:
         return [
-            TopicPartition(t, p, o)
+            TopicPartition(t, p, o, leader_epoch=self._epoch.get((t, p), -1))
             for (t, p), o in self._next.items()
             if self._committed.get((t, p)) != o and (only is None or (t, p) in only)
         ]
@@ -108,6 +115,7 @@ class OffsetTracker:
     def forget(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._next.pop((tp.topic, tp.partition), None)
+            self._epoch.pop((tp.topic, tp.partition), None)
             self._committed.pop((tp.topic, tp.partition), None)
 
 
@@ -208,8 +216,59 @@ class Detector:
         self._assigned.update((p.topic, p.partition) for p in partitions)
         if partitions:
             self._assigned_at = time.monotonic()
+            if self.settings.kafka.auto_offset_reset == "latest":
+                self._pin_latest(consumer, partitions)
         log.info(
             "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions]
+        )
+
+    def _pin_latest(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Under ``auto_offset_reset = latest``, start each partition the group has never committed at
+        its end as it is now, and commit that start at once.
+
+        Left to librdkafka, "latest" is resolved again by every owner that finds no committed offset:
+        events that arrive while this member owns such a partition, and are not processed when it
+        stops, crashes or loses the partition, would be skipped by the next owner, which starts at
+        the end again. With the start committed, "latest" applies once, on the group's first contact
+        with the partition; from then on, nothing that arrived is skipped. If the broker cannot say
+        (a timeout), the partition is left to librdkafka and a warning names it.
+        """
+        topic_partitions = [TopicPartition(p.topic, p.partition) for p in partitions]
+        try:
+            committed = consumer.committed(topic_partitions, timeout=_PIN_TIMEOUT_S)
+            starts = {
+                (c.topic, c.partition): consumer.get_watermark_offsets(
+                    TopicPartition(c.topic, c.partition), timeout=_PIN_TIMEOUT_S, cached=False
+                )[1]
+                for c in committed
+                if c.error is None and c.offset < 0  # never committed by this group
+            }
+        except KafkaException as exc:
+            log.warning(
+                "latest_start_not_pinned",
+                error=str(exc),
+                partitions=[f"{p.topic}[{p.partition}]" for p in partitions],
+            )
+            return
+        if not starts:
+            return
+        for p in partitions:
+            if (p.topic, p.partition) in starts:
+                p.offset = starts[(p.topic, p.partition)]
+        consumer.incremental_assign(partitions)  # instead of the automatic assignment
+        pinned = [TopicPartition(t, p, o) for (t, p), o in starts.items()]
+        try:
+            consumer.commit(offsets=pinned, asynchronous=False)
+        except KafkaException as exc:
+            log.warning(
+                "latest_start_not_committed",
+                error=str(exc),
+                partitions=[f"{t.topic}[{t.partition}]@{t.offset}" for t in pinned],
+            )
+            return
+        log.info(
+            "latest_start_pinned",
+            partitions=[f"{t.topic}[{t.partition}]@{t.offset}" for t in pinned],
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -348,8 +407,8 @@ class Detector:
             raise DeliveryError("delivery failed: " + "; ".join(self._delivery_errors[:5]))
         t2 = time.perf_counter()
         next_offsets = self._next_offsets(batch)
-        for (topic, partition), offset in next_offsets.items():
-            self.offsets.advance(topic, partition, offset)
+        for (topic, partition), (offset, epoch) in next_offsets.items():
+            self.offsets.advance(topic, partition, offset, epoch)
         self._maybe_commit()
         t3 = time.perf_counter()
 
@@ -370,7 +429,7 @@ class Detector:
             scored=len(result.scores),
             alerts=n_alerts,
             dead_lettered=n_dead,
-            offsets={f"{t}[{p}]": o for (t, p), o in next_offsets.items()},
+            offsets={f"{t}[{p}]": o for (t, p), (o, _) in next_offsets.items()},
             threshold=round(self.pipeline.threshold.get(), 6),
             model_version=self.pipeline.scorer.version,
             ms={
@@ -380,18 +439,20 @@ class Detector:
             total_ms=round((t3 - t0) * 1000, 3),
         )
 
-    def _next_offsets(self, batch: list[KafkaMessage]) -> dict[tuple[str, int], int]:
-        """The offset after each partition's last message in the batch.
+    def _next_offsets(self, batch: list[KafkaMessage]) -> dict[tuple[str, int], tuple[int, int]]:
+        """The offset after each partition's last message in the batch, and that message's leader
+        epoch (-1 when the broker gave none).
 
         Messages arrive in order per partition, so the batch is read from its end, and the scan stops
         once every assigned partition has been seen: a few messages instead of the whole batch.
         """
-        found: dict[tuple[str, int], int] = {}
+        found: dict[tuple[str, int], tuple[int, int]] = {}
         assigned, seen_assigned = self._assigned, 0
         for m in reversed(batch):
             tp = cast("tuple[str, int]", (m.topic(), m.partition()))  # set on consumed messages
             if tp not in found:
-                found[tp] = cast(int, m.offset()) + 1
+                epoch = m.leader_epoch()
+                found[tp] = (cast(int, m.offset()) + 1, -1 if epoch is None else epoch)
                 if tp in assigned:
                     seen_assigned += 1
                     if seen_assigned == len(assigned):
@@ -518,7 +579,9 @@ class Detector:
                 path=str(self.watcher.path),
                 error=f"{type(exc).__name__}: {exc}",
                 keeping=old.version,
+                retry_s=max(self.watcher.interval_s, RETRY_REFUSED_S),
             )
+            self.watcher.refused(old.version)
             return
         if list(scorer.features) != list(old.features):
             log.warning(

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -232,3 +233,95 @@ def test_records_over_the_size_limit_go_out_without_their_echo(kit, dense_checkp
     assert letter.original_b64 == "" and letter.truncated and letter.original_size == len(bad)
     assert "invalid JSON" in letter.reason
     assert kit.committed(names["group"], names["in"]) == report.end_offsets
+
+
+class _SlowScorer:
+    """Sums squares; its first call signals ``entered`` and then takes ``delay_s``."""
+
+    kind, name, version, features, window = "dense", "slow", "v1", ("x", "y"), 1
+    train_scores = np.linspace(0.0, 3.0, 1_000)
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.entered = threading.Event()
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.entered.is_set():
+            self.entered.set()
+            time.sleep(self.delay_s)
+        err = (x.astype(np.float64) ** 2).astype(np.float32)
+        return err.sum(axis=1).astype(np.float64), err
+
+
+def test_latest_start_is_committed_so_that_a_stop_skips_nothing(kit) -> None:
+    """Under auto_offset_reset = latest, events that arrive while a detector owns a partition it has
+    not yet read from must not be skipped by the next owner when the first stops before reading
+    them: the start is committed when the partition is assigned, so "latest" applies once."""
+    from confluent_kafka import Producer
+
+    from streamer.config import load_settings
+    from streamer.runner import Detector
+
+    names = kit.topics("latest", partitions=2)
+    topic = names["in"]
+    producer = Producer({"bootstrap.servers": kit.bootstrap})
+    delivered: list[tuple[int, int]] = []
+
+    def send(partition: int, count: int, flush_each: bool = False) -> None:
+        for _ in range(count):
+            producer.produce(
+                topic,
+                orjson.dumps({"x": 0.1, "y": 0.0}),
+                partition=partition,
+                on_delivery=lambda err, m: delivered.append((m.partition(), m.offset())),
+            )
+            if flush_each:  # a batch each: the embedded broker's end offset is then exact
+                producer.flush(10)
+        producer.flush(10)
+
+    send(0, 5, flush_each=True)  # before the group's first contact: "latest" skips these
+    old = set(delivered)
+
+    def detector(scorer: object) -> Detector:
+        settings = load_settings(
+            None,
+            {
+                "kafka": {
+                    "bootstrap_servers": kit.bootstrap,
+                    "group_id": names["group"],
+                    "input_topics": [topic],
+                    "alert_topic": names["alerts"],
+                    "dead_letter_topic": names["dead"],
+                    "scores_topic": names["scores"],
+                    "session_timeout_ms": 6000,
+                    "auto_offset_reset": "latest",
+                },
+                "events": {"alert_gate_z": 0, "alert_cooldown_s": 0},
+                "log": {"level": "WARNING"},
+            },
+        )
+        return Detector(settings, scorer)  # type: ignore[arg-type]
+
+    slow = _SlowScorer(delay_s=3.0)
+    first = detector(slow)
+    runner = threading.Thread(target=first.run, kwargs={"idle_exit_s": 60})
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while kit.committed(names["group"], topic, partitions=2) != {0: 5, 1: 0}:
+            assert time.monotonic() < deadline, kit.committed(names["group"], topic, partitions=2)
+            time.sleep(0.3)
+        send(1, 1)
+        assert slow.entered.wait(30), "the detector never scored"
+        send(0, 30)  # while the detector is busy with partition 1's event
+        first.stop()
+    finally:
+        first.stop()
+        runner.join(timeout=60)
+    assert not runner.is_alive()
+
+    second = detector(_SlowScorer(delay_s=0.0))
+    second.run(idle_exit_s=5)
+    scored = kit.offsets_of(kit.read(names["scores"]), topic)
+    assert scored == set(delivered) - old
+    assert kit.committed(names["group"], topic, partitions=2) == {0: 35, 1: 1}

@@ -177,6 +177,9 @@ class FakeMessage:
     def offset(self) -> int:
         return self.o
 
+    def leader_epoch(self) -> int | None:
+        return None if self.o % 2 else self.o // 2
+
 
 @given(
     st.lists(st.tuples(st.sampled_from(["x", "y"]), st.integers(0, 2)), max_size=40),
@@ -192,7 +195,7 @@ def test_next_offsets_read_from_the_end_equal_a_full_scan(
     for tp in parts:
         counters[tp] = counters.get(tp, 10) + 1
         batch.append(FakeMessage(tp[0], tp[1], counters[tp]))
-    want = {(m.t, m.p): m.o + 1 for m in batch}
+    want = {(m.t, m.p): (m.o + 1, -1 if m.o % 2 else m.o // 2) for m in batch}
     detector = Detector.__new__(Detector)  # only the assignment is needed
     detector._assigned = assigned
     got = detector._next_offsets(batch)  # type: ignore[arg-type]

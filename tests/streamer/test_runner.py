@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka import KafkaError, Message
 
 from streamer.alerts import Alert, DeadLetter
+from streamer.broker import create_topics
 from streamer.config import load_settings
 from streamer.errors import ConfigError, DeliveryError
 from streamer.kafka_io import read_topic
@@ -93,9 +94,11 @@ class RecordingConsumer:
 
     def __init__(self) -> None:
         self.commits: list[list[tuple[str, int, int]]] = []
+        self.offsets: list[Any] = []  # the TopicPartitions of every commit
 
     def commit(self, offsets: list[Any], asynchronous: bool) -> None:
         self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+        self.offsets.extend(offsets)
 
 
 def batch() -> list[Message]:
@@ -218,6 +221,24 @@ def test_an_offset_that_goes_back_is_committed_as_it_is() -> None:
     assert [(tp.topic, tp.partition, tp.offset) for tp in tracker.uncommitted()] == [("in", 0, 40)]
 
 
+def test_commits_carry_the_leader_epoch_of_the_last_message_processed() -> None:
+    """The committed offset goes with the leader epoch of the message before it (-1 where the broker
+    gave none), as Kafka's own consumers commit, so that the next reader can check its start against
+    the log's history after an unclean leader election."""
+    d, _ = detector(limit=1_000_000)
+    value = orjson.dumps({"x": 0, "y": 0})
+    d._process(
+        [
+            Message(topic="in", partition=0, offset=4, value=value, leader_epoch=2),
+            Message(topic="in", partition=0, offset=5, value=value, leader_epoch=3),
+            Message(topic="in", partition=1, offset=9, value=value),
+        ]
+    )
+    committed = {(tp.topic, tp.partition): tp for tp in d.consumer.offsets}
+    assert committed["in", 0].offset == 6 and committed["in", 0].leader_epoch == 3
+    assert committed["in", 1].offset == 10 and committed["in", 1].leader_epoch is None
+
+
 @pytest.mark.parametrize("secret", ["hunter2-secret", 'hun"ter2" for x "y'])
 def test_a_rejected_client_setting_is_named_without_its_value(secret: str) -> None:
     extra = {"ssl.endpoint.identification.algorithm": secret}
@@ -229,6 +250,10 @@ def test_a_rejected_client_setting_is_named_without_its_value(secret: str) -> No
     # the same for `streamer train --from-topic`
     with pytest.raises(ConfigError) as info:
         list(read_topic({"bootstrap.servers": "127.0.0.1:9", **extra}, "t", 1))
+    assert "hun" not in str(info.value) and "ter2" not in str(info.value)
+    # and for `streamer run --create-topics`
+    with pytest.raises(ConfigError) as info:
+        create_topics(settings.kafka.common_config(), ["t"])
     assert "hun" not in str(info.value) and "ter2" not in str(info.value)
 
 
