@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
@@ -38,7 +39,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as KafkaMessage
 
-from streamer.alerts import bound_key, shrink
+from streamer.alerts import Source, bound_key, dead_letter, shrink
 from streamer.batching import MicroBatcher
 from streamer.config import FLUSH_SLACK_MS, Settings
 from streamer.errors import BrokerError, DeliveryError
@@ -54,6 +55,9 @@ _PIN_TIMEOUT_S = (
 )
 # A record over the producer's message.max.bytes, or over a topic's max.message.bytes on the broker.
 _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+# A record batch the consumer cannot read (corrupt, or its compressed payload undecodable): librdkafka
+# reports it at the batch's first offset on every fetch and never moves past it.
+_UNREADABLE = frozenset({KafkaError._BAD_MSG, KafkaError._BAD_COMPRESSION})
 
 
 @dataclass
@@ -180,6 +184,12 @@ class Detector:
         )
         self._delivery_timeout_s = float(timeout_ms) / 1000
         self._assigned: set[tuple[str, int]] = set()
+        # Per partition stalled at an unreadable batch: the offset librdkafka reports it at, and the
+        # next offset to dead-letter while it keeps reporting that one (see _unreadable).
+        self._stalled: dict[tuple[str, int], tuple[int, int]] = {}
+        self._unreadable_fetched = (
+            False  # whether a batch may hold placeholders of unreadable records
+        )
         self._assigned_at: float | None = None  # when partitions were last assigned
         self._commit_every_s = kafka.commit_interval_ms / 1000.0
         self._last_commit = float("-inf")
@@ -214,6 +224,7 @@ class Detector:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update((p.topic, p.partition) for p in partitions)
+        self._forget_stalls(partitions)
         if partitions:
             self._assigned_at = time.monotonic()
             if self.settings.kafka.auto_offset_reset == "latest":
@@ -277,6 +288,7 @@ class Detector:
         dropped = self.batcher.discard(lambda m: (m.topic(), m.partition()) in revoked)
         self._commit(self.offsets.uncommitted(revoked), asynchronous=False)
         self.offsets.forget(partitions)
+        self._forget_stalls(partitions)
         log.info(
             "partitions_revoked",
             partitions=[f"{p.topic}[{p.partition}]" for p in partitions],
@@ -288,6 +300,7 @@ class Detector:
         self._assigned -= lost
         dropped = self.batcher.discard(lambda m: (m.topic(), m.partition()) in lost)
         self.offsets.forget(partitions)
+        self._forget_stalls(partitions)
         log.warning("partitions_lost", partitions=sorted(lost), unprocessed_dropped=dropped)
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -296,15 +309,56 @@ class Detector:
         if not any(map(_error, messages)):
             return messages
         good = []
+        stalled: set[tuple[str, int]] = set()
         for m in messages:
             err = m.error()
             if err is None:
                 good.append(m)
             elif err.fatal():
                 raise KafkaException(err)
+            elif (
+                err.code() in _UNREADABLE
+                and m.topic()
+                and (at := m.offset()) is not None
+                and at >= 0
+            ):
+                tp = (cast(str, m.topic()), cast(int, m.partition()))
+                if tp not in stalled:  # later ones in the same fetch repeat it, before the seek
+                    stalled.add(tp)
+                    placeholder = self._unreadable(tp, at, err)
+                    if placeholder is not None:
+                        good.append(placeholder)
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer_error", error=str(err))
         return good
+
+    def _unreadable(
+        self, tp: tuple[str, int], reported: int, err: KafkaError
+    ) -> KafkaMessage | None:
+        """A record the consumer cannot read: a placeholder for it, dead-lettered with the error as its
+        reason, and the partition sought past it, so that it neither stalls the partition nor vanishes.
+
+        librdkafka reports an unreadable batch at its first offset on every fetch, wherever the
+        position is inside it; so while it keeps reporting the same offset, the offsets after it are
+        dead-lettered one by one until a readable record comes (a batch's records have no offsets of
+        their own to read). None if the seek failed: the error comes again and is tried again.
+        """
+        last = self._stalled.get(tp)
+        offset = last[1] if last is not None and last[0] == reported else reported
+        try:
+            self.consumer.seek(TopicPartition(tp[0], tp[1], offset + 1))
+        except KafkaException as exc:
+            log.warning("unreadable_record_not_passed", error=str(exc), offset=offset)
+            return None
+        self._stalled[tp] = (reported, offset + 1)
+        self._unreadable_fetched = True
+        log.error("unreadable_record", partition=f"{tp[0]}[{tp[1]}]", offset=offset, error=str(err))
+        return KafkaMessage(topic=tp[0], partition=tp[1], offset=offset, error=err)
+
+    def _forget_stalls(self, partitions: list[TopicPartition]) -> None:
+        """A partition assigned again may be read again from before its unreadable batch."""
+        for p in partitions:
+            self._stalled.pop((p.topic, p.partition), None)
 
     def run(
         self,
@@ -386,10 +440,17 @@ class Detector:
 
     def _process(self, batch: list[KafkaMessage]) -> None:
         t0 = time.perf_counter()
+        readable, unreadable = batch, []
+        if (
+            self._unreadable_fetched
+        ):  # placeholders (streamer.runner._unreadable) are dead-lettered here
+            self._unreadable_fetched = False
+            readable = [m for m in batch if m.error() is None]
+            unreadable = [m for m in batch if m.error() is not None]
         result = self.pipeline.process(
-            list(map(_value, batch)),
-            lambda i: to_message(batch[i]),
-            message_keys=lambda: [m.key() for m in batch],
+            list(map(_value, readable)),
+            lambda i: to_message(readable[i]),
+            message_keys=lambda: [m.key() for m in readable],
         )
         t1 = time.perf_counter()
         settings = self.settings.kafka
@@ -397,9 +458,11 @@ class Detector:
             self._produce(settings.alert_topic, key, value)
         for key, value in result.dead_letters:
             self._produce(settings.dead_letter_topic, key, value)
+        for m in unreadable:
+            self._produce(settings.dead_letter_topic, None, self._unreadable_letter(m))
         if settings.scores_topic is not None:
-            self._produce_scores(settings.scores_topic, batch, result)
-        if result.alerts or result.dead_letters or settings.scores_topic is not None:
+            self._produce_scores(settings.scores_topic, readable, result)
+        if result.alerts or result.dead_letters or unreadable or settings.scores_topic is not None:
             self._flush()
             if self._too_large:
                 self._resend_smaller()
@@ -412,7 +475,7 @@ class Detector:
         self._maybe_commit()
         t3 = time.perf_counter()
 
-        n_alerts, n_dead = len(result.alerts), len(result.dead_letters)
+        n_alerts, n_dead = len(result.alerts), len(result.dead_letters) + len(unreadable)
         stats = self.stats
         stats.batches += 1
         stats.events += len(batch)
@@ -438,6 +501,18 @@ class Detector:
             },
             total_ms=round((t3 - t0) * 1000, 3),
         )
+
+    def _unreadable_letter(self, m: KafkaMessage) -> bytes:
+        """The dead letter of a record that could not be read: its offset and the consumer's error."""
+        err = cast(KafkaError, m.error())
+        source = Source(
+            topic=cast(str, m.topic()),
+            partition=cast(int, m.partition()),
+            offset=cast(int, m.offset()),
+            timestamp_ms=None,
+        )
+        reason = f"unreadable record: its batch could not be read ({err.name()}: {err.str()})"
+        return dead_letter(reason, source, None, None, 0, datetime.now(UTC))
 
     def _next_offsets(self, batch: list[KafkaMessage]) -> dict[tuple[str, int], tuple[int, int]]:
         """The offset after each partition's last message in the batch, and that message's leader
