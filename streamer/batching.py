@@ -1,4 +1,5 @@
-"""Micro-batching: a batch closes when it holds ``max_events`` events or ``max_wait_ms`` after its first one."""
+"""Micro-batching: a batch closes when it holds ``max_events`` events (or ``max_bytes`` bytes), or
+``max_wait_ms`` after its first one."""
 
 from __future__ import annotations
 
@@ -25,7 +26,11 @@ class MicroBatcher(Generic[T]):
         max_wait_ms: int,
         clock: Callable[[], float] = time.monotonic,
         stopping: Callable[[], bool] = lambda: False,
+        max_bytes: int | None = None,
+        size: Callable[[list[T]], int] | None = None,
     ) -> None:
+        """``size`` gives the bytes of a list of items; with it, a batch also closes once it holds
+        ``max_bytes`` (it may pass that by what one fetch brings)."""
         if max_events < 1:
             raise ValueError(f"max_events must be positive, got {max_events}")
         if max_wait_ms < 0:
@@ -35,6 +40,12 @@ class MicroBatcher(Generic[T]):
         self.max_wait_s = max_wait_ms / 1000.0
         self._clock = clock
         self._stopping = stopping  # a stop request closes the batch at once, with what it holds
+        if (max_bytes is None) != (size is None):
+            raise ValueError("max_bytes and size go together")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self._size = size
         self.pending: list[T] = []
 
     def next_batch(self, idle_timeout_s: float, limit: int | None = None) -> list[T]:
@@ -48,16 +59,23 @@ class MicroBatcher(Generic[T]):
         if bound < 1:
             return []
         self.pending = []
-        self.pending.extend(self._take(bound, 0.0))  # what is already buffered, without waiting
-        if not self.pending:
-            self.pending.extend(self._take(1, idle_timeout_s))
+        size, room = self._size, self.max_bytes
+        got = self._take(bound, 0.0)  # what is already buffered, without waiting
+        if not got:
+            got = self._take(1, idle_timeout_s)
+        self.pending.extend(got)
         if self.pending:
+            if size is not None and room is not None:
+                room -= size(got)
             deadline = self._clock() + self.max_wait_s
             while len(self.pending) < bound and not self._stopping():
                 left = min(deadline - self._clock(), _STOP_CHECK_S)
-                if left <= 0:
+                if left <= 0 or (room is not None and room <= 0):
                     break
-                self.pending.extend(self._take(bound - len(self.pending), left))
+                got = self._take(bound - len(self.pending), left)
+                self.pending.extend(got)
+                if size is not None and room is not None:
+                    room -= size(got)
         batch, self.pending = self.pending, []
         if len(batch) > bound:  # a fetch that broke its contract must not break ours
             raise AssertionError(f"batch of {len(batch)} exceeds its bound {bound}")

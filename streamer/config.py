@@ -183,6 +183,10 @@ class BatchSettings(_Section):
 
     max_events: int = Field(default=5_000, ge=1, le=1_000_000)
     max_wait_ms: int = Field(default=5, ge=0, le=60_000)
+    # The bytes of the events' values a batch holds: it closes once past this (by at most one fetch,
+    # which librdkafka's queued.max.messages.kbytes bounds), so that large messages cannot make a batch
+    # of max_events hold gigabytes (5,000 events of 1 MB).
+    max_bytes: int = Field(default=64 * 1_048_576, ge=1_024, le=16 * 1_073_741_824)
 
 
 _MIN_EXCEEDANCES = 10

@@ -128,6 +128,11 @@ _value = KafkaMessage.value
 _error = KafkaMessage.error
 
 
+def _value_bytes(messages: list[KafkaMessage]) -> int:
+    """The bytes of the messages' values (len of a message is its value's; ~30 ns a message)."""
+    return sum(map(len, messages))
+
+
 def to_message(m: KafkaMessage) -> Message:
     ts_type, ts = m.timestamp()
     return Message(
@@ -199,6 +204,8 @@ class Detector:
             settings.batch.max_events,
             settings.batch.max_wait_ms,
             stopping=self._stop.is_set,
+            max_bytes=settings.batch.max_bytes,
+            size=_value_bytes,
         )
 
     def stop(self) -> None:

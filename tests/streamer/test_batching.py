@@ -66,3 +66,50 @@ def test_discard_removes_pending_items_in_place() -> None:
     batcher.pending.extend([1, 2, 3, 4])
     assert batcher.discard(lambda i: i % 2 == 0) == 2
     assert batcher.pending == [1, 3]
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=20), min_size=1, max_size=30),
+    st.integers(min_value=1, max_value=60),
+    st.integers(min_value=1, max_value=300),
+)
+def test_a_batch_closes_once_it_holds_max_bytes(
+    arrivals: list[int], max_events: int, max_bytes: int
+) -> None:
+    """Items of 1-100 bytes (item i is i % 100 + 1): a batch passes max_bytes by at most what its
+    last fetch brought, holds at most max_events, and every item comes out once, in order."""
+    clock = FakeClock()
+
+    def size(items: list[int]) -> int:
+        return sum(i % 100 + 1 for i in items)
+
+    fetched: list[list[int]] = []
+    source = make_source(arrivals, clock, 0.001)
+
+    def fetch(count: int, timeout_s: float) -> list[int]:
+        got = source(count, timeout_s)
+        fetched.append(got)
+        return got
+
+    batcher = MicroBatcher(fetch, max_events, 1_000, clock, max_bytes=max_bytes, size=size)
+    got: list[int] = []
+    for _ in range(sum(arrivals) + len(arrivals) + 2):
+        before = len(fetched)
+        batch = batcher.next_batch(0.5)
+        assert len(batch) <= max_events
+        if batch:
+            last = next(f for f in reversed(fetched[before:]) if f)
+            assert size(batch) - size(last) < max_bytes  # it was still open before its last fetch
+        got.extend(batch)
+    assert got == list(range(sum(arrivals)))
+
+
+def test_a_byte_bound_closes_a_batch_before_max_events() -> None:
+    clock = FakeClock()
+    batcher = MicroBatcher(make_source([1] * 30, clock, 0.001), 30, 1_000, clock)
+    assert len(batcher.next_batch(0.5)) == 30
+    clock = FakeClock()
+    small = MicroBatcher(
+        make_source([1] * 30, clock, 0.001), 30, 1_000, clock, max_bytes=10, size=len
+    )
+    assert len(small.next_batch(0.5)) == 10
