@@ -271,7 +271,8 @@ def load_checkpoint(
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        what = "a folder, not a checkpoint file" if path.is_dir() else "no such checkpoint file"
+        raise CheckpointError(f"{path}: {what}")
     return _verified(path, lambda: _from_bytes(path, _read(path), device, precision, cuda_graph))
 
 

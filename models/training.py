@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import itertools
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,12 @@ def train(
         out.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ValueError(f"cannot write {out}: a part of its folder is a file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot write {out}: {exc.strerror or exc}") from None
+    try:  # a folder that cannot be written to (read-only, /proc), found now rather than at the save
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as exc:
+        raise ValueError(f"cannot write {out}: {exc.strerror or exc}") from None
     device = resolve_device(config.device)
     gen = torch.Generator().manual_seed(config.seed)  # shuffling (cpu)
     noise = torch.Generator(device=device).manual_seed(config.seed + 1)  # VAE reparameterisation

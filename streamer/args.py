@@ -69,3 +69,8 @@ def auto_or_number(text: str, low: float, high: float) -> float | Literal["auto"
             f"must be between {low:.15g} and {high:.15g}, got {value:.15g}"
         )
     return value
+
+
+def cooldown_arg(text: str) -> float | Literal["auto"]:
+    """A command-line value of ``events.alert_cooldown_s``: ``auto`` or seconds from 0 to 30 days."""
+    return auto_or_number(text, 0.0, 30 * 86_400.0)

@@ -41,12 +41,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from itertools import cycle
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import orjson
 
-from streamer.args import positive_int, seed
+from streamer.args import cooldown_arg, positive_int, seed
 from streamer.errors import StreamerError
 from streamer.gate import gate_z_arg
 from streamer.workload import KEY_FIELD, TIME_FIELD, Workload, make_scorer, make_workload
@@ -91,7 +91,8 @@ class BenchConfig:
     pass_s: float = 1.0  # shortest timed pass of one in-process figure
     batch_events: int | None = None  # None: the detector's default (BatchSettings.max_events)
     threshold_window: int | None = None  # None: the detector's default; 0: all history (P-square)
-    alert_cooldown_s: float | None = None  # None: the detector's default (events.alert_cooldown_s)
+    # None: the detector's default (events.alert_cooldown_s)
+    alert_cooldown_s: float | Literal["auto"] | None = None
     gate_z: float | str | None = None  # None: the detector's default (events.alert_gate_z); 0 = off
     max_wait_ms: int | None = None  # None: the detector's default (BatchSettings.max_wait_ms)
     threads: int = 1  # torch intra-op threads
@@ -240,6 +241,13 @@ def _pipeline_step(
         totals["n_alerts"] = totals.get("n_alerts", 0.0) + len(result.alerts)
 
     return step
+
+
+def _cooldown_text(value: float | str | None) -> str:
+    """The alert cooldown as the report's header gives it."""
+    if value is None:
+        return "default"
+    return value if isinstance(value, str) else f"{value:g} s"
 
 
 def _threshold_overrides(config: BenchConfig) -> dict[str, Any]:
@@ -690,7 +698,12 @@ def _by_quarter(soak: _Soak, report: Any, seconds: float) -> dict[str, Any]:
         inside_quarter = (sent >= lo) & (sent < hi)
         p99.append(_pct(lat[inside_quarter].tolist(), 99) if lat.size else None)
         detect_p99.append(_pct(detect[inside_quarter].tolist(), 99) if detect.size else None)
-        inside = [(t, c["broker"]) for t, c in soak.cpu_samples if lo <= t <= hi and "broker" in c]
+        samples = [(t, c["broker"]) for t, c in soak.cpu_samples if "broker" in c]
+        inside = [(t, c) for t, c in samples if lo <= t <= hi]
+        if len(inside) < 2 and samples:  # a short soak (--quick): the samples around the quarter
+            before = [s for s in samples if s[0] <= lo]
+            after = [s for s in samples if s[0] >= hi]
+            inside = [before[-1] if before else samples[0], after[0] if after else samples[-1]]
         if len(inside) >= 2 and inside[-1][0] > inside[0][0]:
             (t0, c0), (t1, c1) = inside[0], inside[-1]
             broker.append(round((c1 - c0) / (t1 - t0) * 100, 1))
@@ -1001,7 +1014,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"({c['threads']} intra-op thread(s)); GPU: {m['gpu'] or 'none'}. Model: {c['model']}, "
         f"device {c['device']}. Threshold window: "
         f"{'default' if c.get('threshold_window') is None else c['threshold_window']}, alert "
-        f"cooldown: {'default' if c.get('alert_cooldown_s') is None else c['alert_cooldown_s']} s, "
+        f"cooldown: {_cooldown_text(c.get('alert_cooldown_s'))}, "
         f"rise gate z: {'default' if c.get('gate_z') is None else c['gate_z']}.",
         "",
     ]
@@ -1046,7 +1059,7 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{b['max_ms']} ms | - | - |",
                 "| p99 latency by quarter of the soak (to detected_at; broker CPU, % of a core) | "
                 + " / ".join(
-                    f"{p} ms ({d} ms; {c} %)"
+                    f"{p} ms ({d} ms; {'-' if c is None else f'{c} %'})"
                     for p, d, c in zip(
                         b.get("p99_ms_by_quarter", []),
                         b.get("detect_p99_ms_by_quarter", []),
@@ -1195,9 +1208,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--alert-cooldown-s",
-        type=float,
+        type=cooldown_arg,
         default=None,
-        help="events.alert_cooldown_s (default: run's)",
+        help="events.alert_cooldown_s: auto or seconds (default: run's)",
     )
     p.add_argument(
         "--gate-z",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -199,6 +200,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker(args: argparse.Namespace) -> int:
+    """The embedded broker in the foreground, for the host commands of the README on a machine
+    without Kafka or Docker; Ctrl-C or SIGTERM stops it (its topics are in memory: gone with it)."""
+    from streamer.broker import EmbeddedBroker
+
+    with EmbeddedBroker(port=args.port) as broker:
+        if args.topics:
+            broker.create_topics(args.topics, partitions=args.partitions)
+        print(
+            orjson.dumps(
+                {"bootstrap": broker.bootstrap, "topics": args.topics or [], "stop": "Ctrl-C"}
+            ).decode(),
+            flush=True,
+        )
+        try:
+            while True:
+                time.sleep(3600)
+        except (KeyboardInterrupt, SystemExit):  # SIGTERM is a SystemExit inside the block
+            pass
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from streamer.alerts import json_schema, json_schemas
 
@@ -277,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "broker", help="an embedded Kafka-protocol broker (Tansu, in memory) until Ctrl-C"
+    )
+    p.add_argument("--port", type=positive_int, default=9092, help="loopback port (default 9092)")
+    p.add_argument("--topics", type=_csv_list, help="topics to create, comma-separated")
+    p.add_argument("--partitions", type=positive_int, default=3, help="partitions of each topic")
+    p.set_defaults(func=cmd_broker)
 
     from streamer import bench, evaluate, latent
 

@@ -239,6 +239,12 @@ class ThresholdSettings(_Section):
             isinstance(value, str) and value.strip().lower() in ("0", "none", "null")
         ):
             return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return value  # not a number: the field's own type error says so
+        if not 10 <= number <= 1_000_000:  # the bounds alone would hide that 0 is allowed
+            raise ValueError("must be 0 (all history) or from 10 to 1000000")
         return value
 
 

@@ -226,7 +226,7 @@ def _to_table(
         roles = {label_column: "label", time_column: "time"}
         clash = [f"{c!r} is the {roles[c]} column" for c in features if c in roles]
         if clash:
-            raise DataError(f"{path}: a feature cannot be {'; '.join(clash)}")
+            raise DataError(f"{path}: {'; '.join(clash)}, so it cannot be a feature")
     x = np.empty((len(rows), len(features)), dtype=np.float32)
     labels = np.empty(len(rows), dtype=np.int8) if label_column else None
     entities: list[str] = []

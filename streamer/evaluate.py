@@ -27,12 +27,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import orjson
 
-from streamer.args import ALERT_CAP_HELP, auto_or_number, non_negative_int, positive_int, seed
+from streamer.args import (
+    ALERT_CAP_HELP,
+    cooldown_arg,
+    non_negative_int,
+    positive_int,
+    seed,
+)
 from streamer.baselines import BASELINE_KINDS, HalfSpaceTreesScorer, PCAScorer
 from streamer.config import BatchSettings, EventSettings, ThresholdSettings
 from streamer.data import number
@@ -161,7 +167,8 @@ def load_nab(csv_path: str | Path, windows_json: str | Path | dict[str, Any]) ->
 def _refuse_ignored(what: str, flags: dict[str, object]) -> None:
     """A flag the input cannot use is an error, never silently dropped."""
     if given := [flag for flag, value in flags.items() if value is not None]:
-        raise DataError(f"{what}: {', '.join(given)} do not apply to it")
+        verb = "does" if len(given) == 1 else "do"
+        raise DataError(f"{what}: {', '.join(given)} {verb} not apply to it")
 
 
 def load_series(
@@ -703,7 +710,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--cooldown",
-        type=_cooldown_arg,
+        type=cooldown_arg,
         default="auto",
         help="alert de-duplication, as events.alert_cooldown_s with one row per second: a key's "
         "alerts are not published for N rows after each one published; auto (the default) = "
@@ -793,12 +800,6 @@ def _novelty_history_arg(text: str) -> int:
     return value
 
 
-def _cooldown_arg(text: str) -> float | Literal["auto"]:
-    """A command-line value of ``events.alert_cooldown_s``: ``auto`` or rows (seconds) from 0 to
-    30 days."""
-    return auto_or_number(text, 0.0, 30 * 86_400.0)
-
-
 def settings_record(
     threshold: ThresholdSettings, batch: BatchSettings, events: EventSettings, spec: DetectorSpec
 ) -> dict[str, Any]:
@@ -816,6 +817,37 @@ def settings_record(
         },
         "novelty": {"on": events.novelty, "history": events.novelty_history},
     }
+
+
+# The flag of each setting that evaluate sets, by settings model; "" = the model as a whole.
+_FLAGS = {
+    "ThresholdSettings": {
+        "q": "--q",
+        "window": "--threshold-window",
+        "alert_cap": "--alert-cap",
+        "": "--q / --threshold-window",
+    },
+    "BatchSettings": {"max_events": "--batch-size"},
+    "EventSettings": {
+        "alert_cooldown_s": "--cooldown",
+        "alert_escalation": "--escalation",
+        "alert_gate_z": "--gate-z",
+        "alert_gate_short": "--gate-spans",
+        "alert_gate_long": "--gate-spans",
+        "novelty_history": "--novelty-history",
+        "": "--gate-spans",
+    },
+}
+
+
+def _flag_errors(exc: Any) -> str:
+    """A settings ValidationError as evaluate's flags: each error with the flag that set the value."""
+    flags = _FLAGS.get(exc.title, {})
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False):
+        key = str(err["loc"][0]) if err["loc"] else ""
+        parts.append(f"{flags.get(key, key or exc.title)}: {err['msg']}")
+    return "invalid setting: " + "; ".join(dict.fromkeys(parts))
 
 
 def settings_from(
@@ -876,7 +908,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     try:
         threshold, batch, events, spec = settings_from(args)
     except ValidationError as exc:
-        raise StreamerError(f"invalid setting: {exc.errors()[0]['msg']}") from None
+        raise StreamerError(_flag_errors(exc)) from None
     if args.suite:
         from streamer.suites import run_suite_command
 

@@ -97,15 +97,24 @@ def _encode_to_topic(
 def sample_command(args: argparse.Namespace) -> int:
     from models import load_checkpoint
 
+    out = Path(args.out)
+    if out.suffix not in (".jsonl", ".csv"):
+        raise DataError(f"--out must end in .jsonl or .csv, got {out}")
     scorer = load_checkpoint(args.model, device=args.device)
     names = scorer.features
     chunks = scorer.sample_chunks(args.n, seed=args.seed)  # raises here for a model that is no VAE
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("wb") as fh:
-        for rows in chunks:
-            for row in rows.tolist():
-                fh.write(orjson.dumps(dict(zip(names, row, strict=True))) + b"\n")
+    if out.suffix == ".csv":
+        with out.open("w", newline="") as text:
+            writer = csv.writer(text)
+            writer.writerow(names)
+            for rows in chunks:
+                writer.writerows(rows.tolist())  # str of a float is its shortest exact form
+    else:
+        with out.open("wb") as fh:
+            for rows in chunks:
+                for row in rows.tolist():
+                    fh.write(orjson.dumps(dict(zip(names, row, strict=True))) + b"\n")
     print(orjson.dumps({"rows": args.n, "features": list(names), "out": str(args.out)}).decode())
     return 0
 
@@ -130,7 +139,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="synthetic events from a VAE checkpoint")
     p.add_argument("--model", type=Path, required=True, help="a vae checkpoint")
     p.add_argument("-n", type=int, required=True, help="number of events")
-    p.add_argument("--out", type=Path, required=True, help="FILE.jsonl")
+    p.add_argument("--out", type=Path, required=True, help="FILE.jsonl or FILE.csv")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     p.set_defaults(func=sample_command)

@@ -669,7 +669,10 @@ def produce(
     if errors:
         raise DeliveryError(f"{len(errors)} message(s) to {topic!r} failed, first: {errors[0]}")
     if remaining:
-        raise DeliveryError(f"{remaining} message(s) to {topic!r} not delivered after flush")
+        raise DeliveryError(
+            f"{remaining} message(s) to {topic!r} not delivered after flush: is {bootstrap} "
+            "reachable, and does the topic exist?"
+        )
     if delivered != count:
         raise DeliveryError(f"{count} produced to {topic!r} but {delivered} delivery reports")
     return ProduceReport(

@@ -137,3 +137,37 @@ def test_simulate_says_when_a_stream_has_no_room_for_its_anomalies(kit, capsys) 
     captured = capsys.readouterr()
     assert 50 <= orjson.loads(captured.out)["labelled"] <= 150
     assert "fewer_anomalies_than_asked" not in captured.err
+
+
+def test_broker_command_serves_its_topics_until_sigterm() -> None:
+    """`streamer broker`: the README's host commands need a broker on a machine without Docker."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from confluent_kafka.admin import AdminClient
+
+    from streamer.broker import free_port
+
+    port = free_port()
+    args = [sys.executable, "-m", "streamer.cli", "broker", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*args, "--topics", "events,alerts", "--partitions", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        started = orjson.loads(proc.stdout.readline())
+        assert started["bootstrap"] == f"127.0.0.1:{port}"
+        meta = AdminClient({"bootstrap.servers": started["bootstrap"]}).list_topics(timeout=10)
+        assert {t: len(m.partitions) for t, m in meta.topics.items()} == {"events": 2, "alerts": 2}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(OSError):  # the broker went with it
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()

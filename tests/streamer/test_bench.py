@@ -60,13 +60,31 @@ def test_quick_bench_prints_complete_json(capsys: pytest.CaptureFixture[str]) ->
     assert (
         len(broker["broker_cpu_percent_by_quarter"]) == len(broker["detect_p99_ms_by_quarter"]) == 4
     )
+    # a 2 s soak has fewer than two CPU samples a quarter: the ones around it are used, not none
+    assert all(c is not None and c >= 0 for c in broker["broker_cpu_percent_by_quarter"])
     stages = broker["stages_us_per_event"]
     assert {"consume", "decode", "features", "score", "threshold", "alerts", "commit"} <= set(
         stages
     )
     in_process = result["by_features"]["16"]["in_process"]
     assert set(in_process["pipeline_events_per_s"]) == {"dense", "conv", "vae"}
-    assert "F = 16 features" in format_report(result)
+    report = format_report(result)
+    assert "F = 16 features" in report and "None" not in report
+
+
+@pytest.mark.parametrize(("flag", "want"), [("auto", "auto"), ("30", 30.0)])
+def test_the_alert_cooldown_takes_auto_as_the_setting_does(flag: str, want: object) -> None:
+    from streamer.bench import BenchConfig, _cooldown_text, _events_overrides
+
+    args = parse(["bench", "--alert-cooldown-s", flag])
+    assert args.alert_cooldown_s == want
+    assert _events_overrides(BenchConfig(alert_cooldown_s=args.alert_cooldown_s)) == {
+        "alert_cooldown_s": want
+    }
+    assert _cooldown_text(args.alert_cooldown_s) == ("auto" if flag == "auto" else "30 s")
+    assert _cooldown_text(None) == "default"
+    with pytest.raises(SystemExit):
+        parse(["bench", "--alert-cooldown-s", "-1"])
 
 
 def test_cuda_without_a_gpu_fails_with_a_clear_message() -> None:

@@ -357,3 +357,64 @@ def test_seeds_and_event_counts_out_of_range_are_usage_errors(
     assert info.value.code == 2
     flag = next(a for a in argv if a in ("--seed", "--max-events"))
     assert f"argument {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--alert-cap", "0.5"], "--alert-cap"),
+        (["--escalation", "-1"], "--escalation"),
+        (["--threshold-window", "5"], "--threshold-window: Value error, must be 0 (all history)"),
+        (["--gate-spans", "50,10"], "--gate-spans"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--q", "0.999"], "--q / --threshold-window"),
+    ],
+)
+def test_evaluate_names_the_flag_of_a_bad_setting(
+    flags: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They said only "invalid setting: Input should be greater than or equal to 1"."""
+    assert main(["evaluate", "--test", str(tmp_path / "x.csv"), *flags]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_sample_writes_csv_or_jsonl_and_refuses_other_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out s.csv got JSON lines."""
+    from models import TrainConfig
+    from models import train as train_model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3)).astype(np.float32)
+    ckpt = tmp_path / "v.safetensors"
+    train_model(x, ["a", "b", "c"], TrainConfig(kind="vae", epochs=2, progress=False), ckpt)
+    argv = ["sample", "--model", str(ckpt), "-n", "7", "--seed", "3"]
+    assert main([*argv, "--out", str(tmp_path / "s.csv")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "s.jsonl")]) == 0
+    with (tmp_path / "s.csv").open() as fh:
+        rows = list(csv.reader(fh))
+    jsonl = [orjson.loads(line) for line in (tmp_path / "s.jsonl").read_bytes().splitlines()]
+    assert rows[0] == ["a", "b", "c"] and len(rows) == 8
+    assert [[float(v) for v in r] for r in rows[1:]] == [[j[k] for k in "abc"] for j in jsonl]
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "s.txt")]) == 2
+    assert ".jsonl or .csv" in capsys.readouterr().err
+    assert not (tmp_path / "s.txt").exists()
+
+
+def test_a_folder_given_as_a_checkpoint_is_called_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--model", str(tmp_path), "--bootstrap", "127.0.0.1:9"]) == 2
+    assert "a folder, not a checkpoint file" in capsys.readouterr().err
+
+
+def test_train_refuses_a_folder_it_cannot_write_to_before_it_trains(
+    csv_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/proc takes no new files: found at the save, after every epoch, naming a temporary file."""
+    argv = ["train", "--data", str(csv_path), "--out", "/proc/m.safetensors", "--epochs", "200"]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write /proc/m.safetensors" in err and "epoch" not in err
