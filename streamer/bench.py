@@ -693,12 +693,12 @@ def _by_quarter(soak: _Soak, report: Any, seconds: float) -> dict[str, Any]:
     p99: list[float | None] = []
     detect_p99: list[float | None] = []
     broker: list[float | None] = []
+    samples = [(t, c["broker"]) for t, c in soak.cpu_samples if "broker" in c]
     for i in range(4):
         lo, hi = start + i * quarter, start + (i + 1) * quarter
         inside_quarter = (sent >= lo) & (sent < hi)
         p99.append(_pct(lat[inside_quarter].tolist(), 99) if lat.size else None)
         detect_p99.append(_pct(detect[inside_quarter].tolist(), 99) if detect.size else None)
-        samples = [(t, c["broker"]) for t, c in soak.cpu_samples if "broker" in c]
         inside = [(t, c) for t, c in samples if lo <= t <= hi]
         if len(inside) < 2 and samples:  # a short soak (--quick): the samples around the quarter
             before = [s for s in samples if s[0] <= lo]

@@ -50,9 +50,8 @@ from streamer.reload import RETRY_REFUSED_S, ModelWatcher
 log = structlog.get_logger(__name__)
 
 _POLL_S = 0.5  # longest a loop turn waits for input, so stop requests are served promptly
-_PIN_TIMEOUT_S = (
-    10.0  # for each broker query that pins a "latest" start (streamer.runner._pin_latest)
-)
+# The longest each broker query that pins a "latest" start may take (Detector._pin_latest).
+_PIN_TIMEOUT_S = 10.0
 # A record over the producer's message.max.bytes, or over a topic's max.message.bytes on the broker.
 _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 # A record batch the consumer cannot read (corrupt, or its compressed payload undecodable): librdkafka
@@ -192,9 +191,8 @@ class Detector:
         # Per partition stalled at an unreadable batch: the offset librdkafka reports it at, and the
         # next offset to dead-letter while it keeps reporting that one (see _unreadable).
         self._stalled: dict[tuple[str, int], tuple[int, int]] = {}
-        self._unreadable_fetched = (
-            False  # whether a batch may hold placeholders of unreadable records
-        )
+        # Whether a batch may hold placeholders of unreadable records (dead-lettered by _process).
+        self._unreadable_fetched = False
         self._assigned_at: float | None = None  # when partitions were last assigned
         self._commit_every_s = kafka.commit_interval_ms / 1000.0
         self._last_commit = float("-inf")
@@ -448,9 +446,7 @@ class Detector:
     def _process(self, batch: list[KafkaMessage]) -> None:
         t0 = time.perf_counter()
         readable, unreadable = batch, []
-        if (
-            self._unreadable_fetched
-        ):  # placeholders (streamer.runner._unreadable) are dead-lettered here
+        if self._unreadable_fetched:  # placeholders of unreadable records (_unreadable) among them
             self._unreadable_fetched = False
             readable = [m for m in batch if m.error() is None]
             unreadable = [m for m in batch if m.error() is not None]
