@@ -298,7 +298,7 @@ def _from_bytes(
         raise CheckpointError(f"{path}: metadata is not a JSON object")
     if missing := [k for k in _REQUIRED if k not in meta]:
         raise CheckpointError(f"{path}: metadata lacks required keys {missing}")
-    if meta["format_version"] != FORMAT_VERSION:
+    if type(meta["format_version"]) is not int or meta["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: format version {meta['format_version']!r} unsupported (expected {FORMAT_VERSION})"
         )
@@ -337,7 +337,7 @@ def _from_bytes(
         error_scale = tensors["error_scale"].numpy() if "error_scale" in tensors else None
     except (TypeError, ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"{path}: checkpoint content does not fit its metadata ({e})") from e
-    return Scorer(
+    scorer = Scorer(
         model,
         scaler,
         features=meta["features"],
@@ -350,3 +350,24 @@ def _from_bytes(
         precision=precision,
         cuda_graph=cuda_graph,
     )
+    _probe(path, scorer)
+    return scorer
+
+
+def _probe(path: Path, scorer: Scorer) -> None:
+    """Refuse a model whose scores are not finite where its inputs are in range: the training centre
+    and the scaler's clip either side. Finite weights alone do not ensure it (weights of +-3e38, or
+    an error divisor of 1e-45): such a model would dead-letter every event it is given."""
+    sc = scorer.scaler
+    z = np.array([0.0, sc.clip, -sc.clip])[:, None]  # scaled units, per row
+    raw = sc.center.astype(np.float64) + z * sc.scale.astype(np.float64)
+    big = float(np.finfo(np.float32).max)
+    rows = np.clip(raw, -big, big).astype(np.float32)  # (3, F)
+    x = rows if scorer.window <= 1 else np.repeat(rows[:, None, :], scorer.window, axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scores, _ = scorer.score(x)
+    if not np.isfinite(scores).all():
+        raise CheckpointError(
+            f"{path}: the model's scores are not finite for inputs in its training range "
+            f"({scores.tolist()}): every event would be dead-lettered"
+        )

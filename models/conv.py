@@ -176,10 +176,11 @@ class FrozenConvScorer:
             length = tail
             for i, conv in enumerate(convs):
                 basis = torch.eye(conv.in_channels * length).view(-1, conv.in_channels, length)
-                out = F.conv1d(F.pad(basis, (left, k // 2)), conv.weight.detach())  # (N, Cout, T')
+                padded = F.pad(basis, (left, k // 2))
+                if i == len(convs) - 1:  # only the window's last step is scored: its k inputs alone
+                    padded = padded[:, :, -k:]  # (all T' steps of a wide kernel: gigabytes at load)
+                out = F.conv1d(padded, conv.weight.detach())  # (N, Cout, T' or 1)
                 b = _bias(conv).detach()[:, None].expand(-1, out.shape[2])
-                if i == len(convs) - 1:  # only the window's last step is scored
-                    out, b = out[:, :, -1:], b[:, -1:]
                 length = out.shape[2]
                 self._dec.append((out.reshape(len(basis), -1).contiguous(), b.reshape(-1).clone()))
 
@@ -188,7 +189,7 @@ class FrozenConvScorer:
         h = x.transpose(1, 2).unsqueeze(2)  # (B, F, 1, W) view, channels-last in memory
         for weight, bias in self._enc:
             h = torch.relu_(F.conv2d(h, weight, bias, padding=self._pad))
-        z = F.linear(h.permute(0, 2, 3, 1).reshape(len(x), -1), *self._enc_fc)  # (B, L)
+        z = F.linear(h.permute(0, 2, 3, 1).flatten(1), *self._enc_fc)  # (B, L); B may be 0
         last = len(self._dec) - 1
         for i, (weight, bias) in enumerate(self._dec):
             z = torch.addmm(bias, z, weight)

@@ -21,7 +21,12 @@ import numpy as np
 
 IQR_TO_STD = 1.349  # IQR of a standard normal distribution
 DEFAULT_CLIP = 50.0
-_TINY = 1e-6  # spread below _TINY * max(1, |centre|) counts as "no spread"
+MAX_CLIP = 1e6  # a checkpoint's clip beyond this is refused: scaled values must stay far from overflow
+# A spread below this, or below _ULPS float32 steps at the column's centre, counts as "no spread": the
+# float32 values themselves cannot show a smaller one. (A bound relative to the centre alone, 1e-6 of
+# it, took a gauge of 4e9 +- 2,000 for a constant, and its spikes went unseen.)
+_TINY = 1e-6
+_ULPS = 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,8 +49,8 @@ class RobustScaler:
             raise ValueError("center and scale must be finite")
         if not (self.scale > 0).all():
             raise ValueError("scale must be > 0")
-        if not self.clip > 0:
-            raise ValueError(f"clip must be > 0, got {self.clip}")
+        if not 0 < self.clip <= MAX_CLIP:
+            raise ValueError(f"clip must be > 0 and at most {MAX_CLIP:g}, got {self.clip}")
         if self.constant is not None and (
             self.constant.dtype != np.bool_ or self.constant.shape != self.center.shape
         ):
@@ -68,7 +73,8 @@ class RobustScaler:
             raise ValueError("training data contains NaN or inf")
         center = np.median(x, axis=0)
         q25, q75 = np.percentile(x, [25, 75], axis=0)
-        tiny = _TINY * np.maximum(1.0, np.abs(center))
+        step = np.spacing(np.abs(center).astype(np.float32)).astype(np.float64)
+        tiny = np.maximum(_TINY, _ULPS * step)
         scale = (q75 - q25) / IQR_TO_STD
         scale = np.where(scale > tiny, scale, x.std(axis=0))
         constant = ~(scale > tiny)

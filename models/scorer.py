@@ -42,6 +42,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 # Events a VAE draws at a time in sample(); a whole block even for fewer.
 SAMPLE_BLOCK = 4_096
+MIN_ERROR_SCALE = 1e-7  # per-feature error divisors below this are refused (training: >= 1e-6)
 
 
 class Scorer:
@@ -97,8 +98,13 @@ class Scorer:
         self._err_div: torch.Tensor | None = None
         if error_scale is not None and self.kind in ("dense", "conv"):
             es = np.asarray(error_scale, dtype=np.float32)
-            if es.shape != (cfg.n_features,) or not (np.isfinite(es).all() and (es > 0).all()):
-                raise ModelError(f"error_scale must be ({cfg.n_features},) finite and > 0")
+            # training floors it at 1e-6: far below, a hostile file makes every score infinite
+            if es.shape != (cfg.n_features,) or not (
+                np.isfinite(es).all() and (es >= MIN_ERROR_SCALE).all()
+            ):
+                raise ModelError(
+                    f"error_scale must be ({cfg.n_features},) finite and >= {MIN_ERROR_SCALE:g}"
+                )
             self.error_scale = es
             self._err_div = torch.from_numpy(es).to(self.device)
         self._in_shape = (cfg.n_features,) if self.window == 1 else (self.window, cfg.n_features)

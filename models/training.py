@@ -36,7 +36,14 @@ from models.scaling import RobustScaler
 from models.scorer import Scorer, resolve_device
 from models.vae import VAE, VAEConfig, kl_divergence
 
-_EVAL_CHUNK = 8192
+# Held-back samples are evaluated this many floats of input at a time (64 MiB): 8,192 rows of
+# 2,048 features, or fewer windows as W x F grows (8,192 windows of 1,024 x 256 were 8.6 GB a chunk).
+_EVAL_FLOATS = 16 * 1_048_576
+
+
+def _eval_chunk(split: _Split) -> int:
+    """How many samples of ``split`` one evaluation chunk holds."""
+    return max(1, min(8_192, _EVAL_FLOATS // (split.window * split.raw.shape[1])))
 
 
 # A latent width beyond the widest input a checkpoint may have buys nothing and can ask for gigabytes.
@@ -217,8 +224,9 @@ def _evaluate(model: AnyModel, split: _Split, rows: torch.Tensor, samples: int) 
     model.eval()
     total = 0.0
     with torch.no_grad():
-        for i in range(0, len(split.val), _EVAL_CHUNK):
-            idx = torch.from_numpy(split.val[i : i + _EVAL_CHUNK]).to(rows.device)
+        chunk = _eval_chunk(split)
+        for i in range(0, len(split.val), chunk):
+            idx = torch.from_numpy(split.val[i : i + chunk]).to(rows.device)
             xb = split.take(rows, idx)
             total += _loss(model, xb, samples, None).item() * len(idx)
     return total / len(split.val)
@@ -343,9 +351,10 @@ def train(
             device=device,
             error_scale=error_scale,
         )
+        chunk = _eval_chunk(split)
         parts = [
-            scorer.score(split.take(split.raw, val[i : i + _EVAL_CHUNK]))
-            for i in range(0, len(val), _EVAL_CHUNK)
+            scorer.score(split.take(split.raw, val[i : i + chunk]))
+            for i in range(0, len(val), chunk)
         ]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from models import CheckpointError, TrainResult, load_checkpoint, save_checkpoint
 from models.checkpoint import METADATA_KEY, tensors_sha256
+from models.errors import ModelError
 
 
 def test_round_trip_gives_identical_scores(
@@ -206,6 +207,12 @@ def rewrite(
         ("dense", None, {"train_scores": torch.zeros(3, 2, dtype=torch.float64)}, "vector"),
         ("dense", None, {"train_scores": torch.tensor([1.0, float("nan")])}, "finite"),
         ("dense", None, {"scaler.center": torch.zeros(6, dtype=torch.float64)}, "float32"),
+        # below: these loaded, and then every score failed (clip 1e39: an overflow at the first batch)
+        # or was infinite or NaN, so every event was dead-lettered
+        ("dense", {"scaler": {"method": "median-iqr", "clip": 1e39}}, None, "at most"),
+        ("dense", {"format_version": True}, None, "format version"),
+        ("dense", None, {"error_scale": torch.full((6,), 1e-45)}, "error_scale"),
+        ("conv", None, {"error_scale": torch.full((6,), 1e-30)}, "error_scale"),
     ],
 )
 def test_refuses_hostile_content_that_hashes_correctly(
@@ -217,8 +224,9 @@ def test_refuses_hostile_content_that_hashes_correctly(
     match: str,
 ) -> None:
     """Each of these once escaped as TypeError, RecursionError, OverflowError or a huge allocation, or
-    loaded and failed only at the first batch; all are refused with CheckpointError, quickly."""
-    with pytest.raises(CheckpointError, match=match):
+    loaded and failed only at the first batch; all are refused (ModelError, CheckpointError's root),
+    quickly."""
+    with pytest.raises(ModelError, match=match):
         load_checkpoint(rewrite(trained[kind], tmp_path, meta, tensors))
 
 
@@ -242,6 +250,21 @@ def test_refuses_weights_that_are_not_finite(
         load_checkpoint(
             rewrite(trained[kind], tmp_path, tensor_changes={"scaler.scale": bad_scale})
         )
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv", "vae"])
+def test_refuses_finite_weights_whose_scores_are_not(
+    trained: dict[str, TrainResult], tmp_path: Path, kind: str
+) -> None:
+    """Weights of +-3e38 are finite and passed the check, but scored inf or NaN for in-range inputs:
+    every event dead-lettered. The loader scores the training centre and +-clip and refuses them."""
+    with safe_open(str(trained[kind].path), framework="pt") as f:
+        name = sorted(k for k in f.keys() if k.startswith("model.") and k.endswith("weight"))[0]  # noqa: SIM118
+        huge = f.get_tensor(name).clone()
+    huge.view(-1)[::2] = 3e38
+    huge.view(-1)[1::2] = -3e38
+    with pytest.raises(CheckpointError, match="not finite for inputs in its training range"):
+        load_checkpoint(rewrite(trained[kind], tmp_path, tensor_changes={name: huge}))
 
 
 @pytest.mark.parametrize("raw", ['["x"]', "[" * 200_000 + "]" * 200_000, "null"])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,3 +104,15 @@ def test_frozen_scorer_equals_anomaly_score(
         m.enc_fc.bias.add_(1.0)
         assert not torch.allclose(m.anomaly_score(x)[0], expected[0])
     torch.testing.assert_close(frozen(x)[0], expected[0], rtol=1e-5, atol=1e-5)
+
+
+def test_an_empty_batch_scores_empty_on_the_cpu_path(tmp_path) -> None:
+    """The CPU conv scorer raised on B = 0 ("cannot reshape tensor of 0 elements"); dense and VAE
+    return empty arrays."""
+    from models import TrainConfig, load_checkpoint, train
+
+    x = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
+    out = tmp_path / "c.safetensors"
+    train(x, ["a", "b"], TrainConfig(kind="conv", window=8, epochs=1, progress=False), out)
+    scores, errors = load_checkpoint(out).score(np.zeros((0, 8, 2), np.float32))
+    assert scores.shape == (0,) and errors.shape == (0, 2)

@@ -15,6 +15,23 @@ def test_constant_column_gets_unit_scale_and_no_nan() -> None:
     assert z[0, 1] == 0.0 and z[1, 1] == s.clip
 
 
+def test_a_spread_small_beside_a_large_centre_is_still_a_spread() -> None:
+    """A gauge of 4e9 +- 2,000 was taken for a constant (spread under 1e-6 of the centre): scale 1,
+    so its normal rows were clipped at +-50 and a spike of 1e6 scored as a normal row. Its float32
+    values can show that spread (about 4 steps of 512), so it is one."""
+    rng = np.random.default_rng(0)
+    x = np.column_stack([4e9 + rng.normal(0, 2_000, 5_000), rng.normal(0, 1, 5_000)])
+    s = RobustScaler.fit(x.astype(np.float32).astype(np.float64))
+    assert s.constant is not None and not s.constant[0]
+    assert 1_500 < s.scale[0] < 2_500
+    z = s.transform(np.array([[4e9, 0.0], [4e9 + 1e6, 0.0]]))
+    assert abs(z[0, 0]) < 1 and z[1, 0] == s.clip
+    # float32 rounding alone (below 2 steps at the centre) is still no spread
+    flat = np.full((100, 1), 100.0)
+    flat[::7] = np.nextafter(np.float32(100.0), np.float32(200.0))
+    assert RobustScaler.fit(flat).constant[0]
+
+
 def test_zero_iqr_falls_back_to_std() -> None:
     x = np.zeros((100, 1))
     x[:3] = 1.0  # IQR is 0, std is not
