@@ -266,7 +266,10 @@ def train(
     if len(features) != data.shape[1] or len(set(features)) != len(features):
         raise ValueError(f"need {data.shape[1]} distinct feature names, got {list(features)}")
     if not np.isfinite(data).all():
-        raise ValueError("training data contains NaN or inf")
+        raise ValueError(
+            "training data contains NaN or inf (or values beyond float32's range, "
+            f"{np.finfo(np.float32).max:.3g}, which become inf)"
+        )
     if entities is not None:
         entities = np.asarray(entities)
         if entities.shape != (data.shape[0],):

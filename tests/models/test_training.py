@@ -186,3 +186,11 @@ def test_vae_samples_a_column_without_spread_as_its_constant(tmp_path: Path) -> 
         assert np.all(s[:, 1] == 7.0)
         assert np.all(s[:, 2] == np.float32(np.median(x[:, 2])))
         assert 0.6 < s[:, 0].std() / x[:, 0].std() < 1.5
+
+
+def test_values_beyond_float32_are_named_as_such(tmp_path: Path) -> None:
+    """Finite float64 values past float32's range were refused as "contains NaN or inf"."""
+    x = np.ones((50, 2))
+    x[3, 1] = 1e39
+    with np.errstate(over="ignore"), pytest.raises(ValueError, match=r"beyond float32.s range"):
+        train(x, ["a", "b"], TrainConfig(epochs=1, progress=False), tmp_path / "m.safetensors")
