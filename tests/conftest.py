@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -67,6 +68,17 @@ def dense_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+class SquareScorer:
+    """A scorer without a model, for the run loop's broker tests: events {x, y} score x^2 + y^2."""
+
+    kind, name, version, features, window = "dense", "square", "v1", ("x", "y"), 1
+    train_scores = np.linspace(0.0, 3.0, 1_000)
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        err = (x.astype(np.float64) ** 2).astype(np.float32)
+        return err.sum(axis=1).astype(np.float64), err
+
+
 class Kit:
     """Small helpers around a running broker for integration tests."""
 
@@ -117,6 +129,33 @@ class Kit:
             return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
         finally:
             consumer.close()
+
+    def detector(
+        self, names: dict[str, str], scorer: Any = None, **kafka: Any
+    ) -> Any:  # a streamer.runner.Detector
+        """An in-process detector on the topics ``names``, every decision published (no gate, no
+        cooldown), scoring with ``scorer`` (default: SquareScorer); ``kafka`` overrides settings."""
+        from streamer.config import load_settings
+        from streamer.runner import Detector
+
+        settings = load_settings(
+            None,
+            {
+                "kafka": {
+                    "bootstrap_servers": self.bootstrap,
+                    "group_id": names["group"],
+                    "input_topics": [names["in"]],
+                    "alert_topic": names["alerts"],
+                    "dead_letter_topic": names["dead"],
+                    "scores_topic": names["scores"],
+                    "session_timeout_ms": 6000,
+                    **kafka,
+                },
+                "events": {"alert_gate_z": 0, "alert_cooldown_s": 0},
+                "log": {"level": "WARNING"},
+            },
+        )
+        return Detector(settings, scorer or SquareScorer())
 
     def run_args(self, names: dict[str, str], checkpoint: Path, *extra: str) -> list[str]:
         return [

@@ -259,9 +259,6 @@ def test_latest_start_is_committed_so_that_a_stop_skips_nothing(kit) -> None:
     them: the start is committed when the partition is assigned, so "latest" applies once."""
     from confluent_kafka import Producer
 
-    from streamer.config import load_settings
-    from streamer.runner import Detector
-
     names = kit.topics("latest", partitions=2)
     topic = names["in"]
     producer = Producer({"bootstrap.servers": kit.bootstrap})
@@ -282,28 +279,8 @@ def test_latest_start_is_committed_so_that_a_stop_skips_nothing(kit) -> None:
     send(0, 5, flush_each=True)  # before the group's first contact: "latest" skips these
     old = set(delivered)
 
-    def detector(scorer: object) -> Detector:
-        settings = load_settings(
-            None,
-            {
-                "kafka": {
-                    "bootstrap_servers": kit.bootstrap,
-                    "group_id": names["group"],
-                    "input_topics": [topic],
-                    "alert_topic": names["alerts"],
-                    "dead_letter_topic": names["dead"],
-                    "scores_topic": names["scores"],
-                    "session_timeout_ms": 6000,
-                    "auto_offset_reset": "latest",
-                },
-                "events": {"alert_gate_z": 0, "alert_cooldown_s": 0},
-                "log": {"level": "WARNING"},
-            },
-        )
-        return Detector(settings, scorer)  # type: ignore[arg-type]
-
     slow = _SlowScorer(delay_s=3.0)
-    first = detector(slow)
+    first = kit.detector(names, slow, auto_offset_reset="latest")
     runner = threading.Thread(target=first.run, kwargs={"idle_exit_s": 60})
     runner.start()
     try:
@@ -320,7 +297,7 @@ def test_latest_start_is_committed_so_that_a_stop_skips_nothing(kit) -> None:
         runner.join(timeout=60)
     assert not runner.is_alive()
 
-    second = detector(_SlowScorer(delay_s=0.0))
+    second = kit.detector(names, _SlowScorer(delay_s=0.0), auto_offset_reset="latest")
     second.run(idle_exit_s=5)
     scored = kit.offsets_of(kit.read(names["scores"]), topic)
     assert scored == set(delivered) - old

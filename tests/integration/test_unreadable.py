@@ -11,7 +11,6 @@ import socket
 import struct
 import time
 
-import numpy as np
 import orjson
 import pytest
 
@@ -73,22 +72,10 @@ def _produce(port: int, topic: str, records: bytes) -> None:
             got += s.recv(size - len(got))
 
 
-class SquareScorer:
-    kind, name, version, features, window = "dense", "square", "v1", ("x", "y"), 1
-    train_scores = np.linspace(0.0, 3.0, 1_000)
-
-    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        err = (x.astype(np.float64) ** 2).astype(np.float32)
-        return err.sum(axis=1).astype(np.float64), err
-
-
 def test_an_unreadable_batch_is_dead_lettered_and_the_partition_goes_on(kit) -> None:
     """Offsets 0-1 readable, 2-4 one batch whose gzip payload is garbage, 5-6 readable: every offset
     ends scored or dead-lettered, and the partition is not stuck at 2 (librdkafka alone reports the
     batch again on every fetch and never moves past it)."""
-    from streamer.config import load_settings
-    from streamer.runner import Detector
-
     names = kit.topics("unreadable", partitions=1)
     topic, port = names["in"], int(kit.bootstrap.rsplit(":", 1)[1])
     event = orjson.dumps({"x": 0.1, "y": 0.0})
@@ -96,23 +83,7 @@ def test_an_unreadable_batch_is_dead_lettered_and_the_partition_goes_on(kit) -> 
     _produce(port, topic, _batch(b"\x1f\x8b\x08garbage, not gzip" * 4, 3, gzip=True))
     _produce(port, topic, _batch(_records([event, event]), 2, gzip=False))
 
-    settings = load_settings(
-        None,
-        {
-            "kafka": {
-                "bootstrap_servers": kit.bootstrap,
-                "group_id": names["group"],
-                "input_topics": [topic],
-                "alert_topic": names["alerts"],
-                "dead_letter_topic": names["dead"],
-                "scores_topic": names["scores"],
-                "session_timeout_ms": 6000,
-            },
-            "events": {"alert_gate_z": 0, "alert_cooldown_s": 0},
-            "log": {"level": "WARNING"},
-        },
-    )
-    stats = Detector(settings, SquareScorer()).run(idle_exit_s=4)  # type: ignore[arg-type]
+    stats = kit.detector(names).run(idle_exit_s=4)
 
     scored = kit.offsets_of(kit.read(names["scores"]), topic)
     dead = [DeadLetter.model_validate(r) for r in kit.read(names["dead"])]
