@@ -173,8 +173,21 @@ def _split(
     if entities is None:
         order, bounds = np.arange(n), np.array([0, n])
     else:
-        order = np.argsort(entities, kind="stable")  # group by entity, keep time order within
-        _, first = np.unique(entities[order], return_index=True)
+        keys = entities
+        try:
+            order = np.argsort(keys, kind="stable")  # group by entity, keep time order within
+        except TypeError:  # mixed types (1 and "a") do not sort: number each entity instead
+            number: dict[Any, int] = {}
+            try:
+                keys = np.fromiter(
+                    (number.setdefault(e, len(number)) for e in entities.tolist()),
+                    dtype=np.int64,
+                    count=len(entities),
+                )
+            except TypeError as exc:
+                raise ValueError(f"entities must be hashable values: {exc}") from None
+            order = np.argsort(keys, kind="stable")
+        _, first = np.unique(keys[order], return_index=True)
         bounds = np.append(first, n)
     raw = data[order]
     mask = np.zeros(n, dtype=bool)

@@ -194,3 +194,17 @@ def test_values_beyond_float32_are_named_as_such(tmp_path: Path) -> None:
     x[3, 1] = 1e39
     with np.errstate(over="ignore"), pytest.raises(ValueError, match=r"beyond float32.s range"):
         train(x, ["a", "b"], TrainConfig(epochs=1, progress=False), tmp_path / "m.safetensors")
+
+
+def test_entities_of_mixed_types_are_grouped_not_sorted(tmp_path: Path) -> None:
+    """An object array of entities such as 1 and "a" raised TypeError (they do not sort)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    entities = np.array([1 if i % 2 else "a" for i in range(400)], dtype=object)
+    config = TrainConfig(kind="conv", window=8, epochs=1, progress=False)
+    result = train(x, ["a", "b"], config, tmp_path / "m.safetensors", entities=entities)
+    assert result.path.exists()
+    with pytest.raises(ValueError, match="hashable"):
+        bad = np.empty(400, dtype=object)
+        bad[:] = [{"k": i % 2} for i in range(400)]  # neither sortable nor hashable
+        train(x, ["a", "b"], config, tmp_path / "n.safetensors", entities=bad)
