@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -59,23 +60,24 @@ class MicroBatcher(Generic[T]):
         if bound < 1:
             return []
         self.pending = []
-        size, room = self._size, self.max_bytes
+        size = self._size
+        room = math.inf if self.max_bytes is None else float(self.max_bytes)
         got = self._take(bound, 0.0)  # what is already buffered, without waiting
         if not got:
             got = self._take(1, idle_timeout_s)
         self.pending.extend(got)
         if self.pending:
-            if size is not None and room is not None:
-                room -= size(got)
             deadline = self._clock() + self.max_wait_s
-            while len(self.pending) < bound and not self._stopping():
+            while True:
+                if size is not None:
+                    room -= size(got)
+                if len(self.pending) >= bound or room <= 0 or self._stopping():
+                    break
                 left = min(deadline - self._clock(), _STOP_CHECK_S)
-                if left <= 0 or (room is not None and room <= 0):
+                if left <= 0:
                     break
                 got = self._take(bound - len(self.pending), left)
                 self.pending.extend(got)
-                if size is not None and room is not None:
-                    room -= size(got)
         batch, self.pending = self.pending, []
         if len(batch) > bound:  # a fetch that broke its contract must not break ours
             raise AssertionError(f"batch of {len(batch)} exceeds its bound {bound}")

@@ -128,7 +128,7 @@ _error = KafkaMessage.error
 
 
 def _value_bytes(messages: list[KafkaMessage]) -> int:
-    """The bytes of the messages' values (len of a message is its value's; ~30 ns a message)."""
+    """The bytes of the messages' values (len of a message is its value's; ~28 ns a message, timeit)."""
     return sum(map(len, messages))
 
 
@@ -314,7 +314,9 @@ class Detector:
         if not any(map(_error, messages)):
             return messages
         good = []
-        stalled: set[tuple[str, int]] = set()
+        reported: set[tuple[str, int]] = (
+            set()
+        )  # partitions whose unreadable batch this fetch reported
         for m in messages:
             err = m.error()
             if err is None:
@@ -328,8 +330,8 @@ class Detector:
                 and at >= 0
             ):
                 tp = (cast(str, m.topic()), cast(int, m.partition()))
-                if tp not in stalled:  # later ones in the same fetch repeat it, before the seek
-                    stalled.add(tp)
+                if tp not in reported:  # later ones in the same fetch repeat it, before the seek
+                    reported.add(tp)
                     placeholder = self._unreadable(tp, at, err)
                     if placeholder is not None:
                         good.append(placeholder)
