@@ -339,7 +339,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (StreamerError, ModelError, ValueError, OSError) as exc:  # OSError: a path, a folder
-        print(f"streamer {args.command}: error: {exc}", file=sys.stderr)
+        from streamer.logs import json_lines
+
+        if args.command == "run" and json_lines():  # the service's log is read by machines
+            import structlog
+
+            structlog.get_logger("streamer.cli").error("run_failed", error=str(exc), exit_code=2)
+        else:
+            print(f"streamer {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from streamer.alerts import bound_key
 from streamer.errors import BrokerError, ConfigError
 
 C = TypeVar("C")
+log = structlog.get_logger("streamer.kafka")
 _ALL_BROKERS_DOWN = KafkaError._ALL_BROKERS_DOWN
 
 # librdkafka's 'Invalid value "..." for configuration property "..."': the value may be a secret (and
@@ -32,16 +35,78 @@ def client(cls: Callable[[dict[str, Any]], C], config: dict[str, Any]) -> C:
         raise ConfigError(f"Kafka client configuration rejected: {reason}") from None
 
 
-# Errors that waiting will not mend: reading stops with them rather than returning too little.
-_REFUSED = frozenset(
+# Errors that waiting will not mend (credentials, certificates, ACLs): reading stops with them rather
+# than returning too little, and the detector stops with them rather than retrying for ever.
+REFUSED = frozenset(
     {
         KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
         KafkaError.CLUSTER_AUTHORIZATION_FAILED,
         KafkaError.SASL_AUTHENTICATION_FAILED,
         KafkaError._AUTHENTICATION,
         KafkaError._SSL,
     }
 )
+
+# librdkafka repeats the line of a failing connection many times a second (about 20 with the broker
+# down): each facility's lines are logged at most once per this many seconds, with a count of the rest.
+CLIENT_LOG_EVERY_S = 30.0
+
+
+class RateLimit:
+    """At most one event per key every ``every_s`` seconds; ``allow`` says how many were held back
+    since the last one let through (None: hold this one back too)."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._last: dict[Any, float] = {}
+        self._held: dict[Any, int] = {}
+
+    def allow(self, key: Any) -> int | None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0)
+
+
+class _ToStructlog(logging.Handler):
+    """librdkafka's log lines (``logger`` client property: facility, client name, text) as structlog
+    events, so that a JSON log stays JSON; rate-limited per facility and level."""
+
+    def __init__(self, every_s: float) -> None:
+        super().__init__(logging.DEBUG)
+        self.limit = RateLimit(every_s)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 3:
+            facility, name, text = (str(a) for a in args)
+        else:
+            facility, name, text = "", "", record.getMessage()
+        held = self.limit.allow((facility, record.levelno))
+        if held is None:
+            return
+        extra = {"repeats_not_logged": held} if held else {}
+        log.log(
+            record.levelno,
+            "kafka_client_log",
+            facility=facility,
+            client=name,
+            message=text,
+            **extra,
+        )
+
+
+def client_logger(every_s: float = CLIENT_LOG_EVERY_S) -> logging.Logger:
+    """A logger for librdkafka's ``logger`` property that writes through structlog (not registered
+    with ``logging``: it reaches no root handler, and each client may have its own)."""
+    logger = logging.Logger("streamer.kafka.client", logging.DEBUG)
+    logger.addHandler(_ToStructlog(every_s))
+    logger.propagate = False
+    return logger
 
 
 def read_topic(
@@ -77,6 +142,7 @@ def read_topic_records(
             "enable.auto.commit": False,
             "enable.partition.eof": False,
             "error_cb": client_errors.append,
+            "logger": client_logger(),
         },
     )
     try:
@@ -93,7 +159,7 @@ def read_topic_records(
         n = 0
         last = time.monotonic()
         while n < max_events and time.monotonic() - last < idle_s:
-            refused = [e for e in client_errors + read_errors if e.code() in _REFUSED]
+            refused = [e for e in client_errors + read_errors if e.code() in REFUSED]
             if refused:
                 raise BrokerError(f"cannot read topic {topic!r}: {refused[0].str()}")
             for m in consumer.consume(num_messages=min(10_000, max_events - n), timeout=0.5):

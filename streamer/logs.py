@@ -21,10 +21,19 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+_state = {"json": False}
+
+
+def json_lines() -> bool:
+    """Whether log lines are JSON as last configured (a service's last words must be JSON too)."""
+    return _state["json"]
+
+
 def configure_logging(
     level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto"
 ) -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    _state["json"] = use_json
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     )

@@ -43,7 +43,7 @@ from streamer.alerts import Source, bound_key, dead_letter, shrink
 from streamer.batching import MicroBatcher
 from streamer.config import FLUSH_SLACK_MS, Settings
 from streamer.errors import BrokerError, DeliveryError
-from streamer.kafka_io import client
+from streamer.kafka_io import CLIENT_LOG_EVERY_S, REFUSED, RateLimit, client, client_logger
 from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
 from streamer.reload import RETRY_REFUSED_S, ModelWatcher
 
@@ -172,15 +172,22 @@ class Detector:
         self._delivery_errors: list[str] = []
         # records a topic refused as too large, sent again by _resend_smaller
         self._too_large: list[tuple[str, bytes | None, bytes]] = []
+        # A client-wide error that waiting will not mend (credentials, ACLs, a fatal one): the loop
+        # stops with it (_check_client). Others, and librdkafka's own log lines, are logged as
+        # structlog events at most every CLIENT_LOG_EVERY_S per kind.
+        self._client_failure: KafkaError | None = None
+        self._client_errors = RateLimit(CLIENT_LOG_EVERY_S)
+        callbacks = {"error_cb": self._on_client_error, "logger": client_logger()}
         kafka = settings.kafka
         consumer_config = {
             **kafka.consumer_config(),
             **(consumer_overrides or {}),
+            **callbacks,
             "on_commit": self._on_commit,
         }
         self.consumer = client(Consumer, consumer_config)
         producer_config = kafka.producer_config()
-        self.producer = client(Producer, producer_config)
+        self.producer = client(Producer, {**producer_config, **callbacks})
         # librdkafka settles every record (acknowledged or failed) within message.timeout.ms (alias
         # delivery.timeout.ms)
         timeout_ms = producer_config.get("delivery.timeout.ms") or producer_config.get(
@@ -211,6 +218,40 @@ class Detector:
         self._stop.set()
 
     # -- Kafka callbacks -------------------------------------------------------------------------
+    def _on_client_error(self, err: KafkaError) -> None:
+        """A client-wide error (served by consume, poll and flush, in the loop's thread)."""
+        if err.fatal() or err.code() in REFUSED:
+            if self._client_failure is None:
+                self._client_failure = err
+            return
+        held = self._client_errors.allow(err.code())
+        if held is None:
+            return
+        extra = {"repeats_not_logged": held} if held else {}
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            log.warning(
+                "broker_unreachable",
+                bootstrap_servers=self.settings.kafka.bootstrap_servers,
+                error=err.str(),
+                hint="librdkafka keeps reconnecting; nothing is read or committed meanwhile",
+                **extra,
+            )
+        else:
+            log.warning("kafka_client_error", code=err.name(), error=err.str(), **extra)
+
+    def _check_client(self) -> None:
+        """Stop with the client-wide error that waiting will not mend, if one came."""
+        err = self._client_failure
+        if err is None:
+            return
+        if err.code() in REFUSED:
+            raise BrokerError(
+                f"Kafka refused the detector ({err.name()}: {err.str()}): check "
+                "kafka.security_protocol, the SASL mechanism and credentials or the certificates, "
+                "and the ACLs of the group and the topics"
+            )
+        raise BrokerError(f"the Kafka client failed ({err.name()}: {err.str()})")
+
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if (
             err is not None
@@ -323,6 +364,8 @@ class Detector:
                 good.append(m)
             elif err.fatal():
                 raise KafkaException(err)
+            elif err.code() in REFUSED:  # a topic or group ACL: stop, as for the client-wide ones
+                self._client_failure = self._client_failure or err
             elif (
                 err.code() in _UNREADABLE
                 and m.topic()
@@ -400,6 +443,7 @@ class Detector:
                 t0 = time.perf_counter()
                 batch = self.batcher.next_batch(_POLL_S, limit)
                 self.producer.poll(0)
+                self._check_client()
                 if batch:
                     self.stats.add_stage("consume", time.perf_counter() - t0)
                     last_input = time.monotonic()
@@ -578,6 +622,7 @@ class Detector:
         # Never past the deadline: the settings keep it below max.poll.interval.ms (streamer.config).
         remaining = self.producer.flush(min(30.0, wait_s))
         while remaining and (left := deadline - time.monotonic()) > 0:
+            self._check_client()
             log.warning("output_not_acknowledged_yet", records=remaining)
             remaining = self.producer.flush(min(30.0, left))
         if remaining:

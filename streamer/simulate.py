@@ -605,7 +605,14 @@ def produce(
     if client is None:
         from confluent_kafka import Producer
 
-        conf = {**_PRODUCER_DEFAULTS, **(producer_config or {}), "bootstrap.servers": bootstrap}
+        from streamer.kafka_io import client_logger
+
+        conf = {
+            **_PRODUCER_DEFAULTS,
+            "logger": client_logger(),  # librdkafka's lines as structlog events, rate-limited
+            **(producer_config or {}),
+            "bootstrap.servers": bootstrap,
+        }
         client = Producer(conf)
     end_offsets: dict[int, int] = {}
     errors: list[str] = []
