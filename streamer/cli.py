@@ -56,6 +56,7 @@ _RUN_FLAGS = {
     "max_wait_ms": "batch.max_wait_ms",
     "log_level": "log.level",
     "log_format": "log.format",
+    "metrics_port": "metrics.port",
 }
 
 
@@ -91,6 +92,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-wait-ms", type=int, help="max wait after a batch's first event")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", choices=["auto", "json", "console"])
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port (/metrics; metrics.host, default 127.0.0.1)",
+    )
 
 
 def _settings_from(args: argparse.Namespace) -> Any:
@@ -222,6 +228,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    from streamer.monitoring import health
+
+    ok, why = health(args.url, args.max_age_s)
+    print(why)
+    return 0 if ok else 1
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from streamer.alerts import json_schema, json_schemas
 
@@ -308,6 +322,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topics", type=_csv_list, help="topics to create, comma-separated")
     p.add_argument("--partitions", type=positive_int, default=3, help="partitions of each topic")
     p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser(
+        "health", help="exit 0 if a running detector's loop went round lately (its metrics page)"
+    )
+    p.add_argument(
+        "--url",
+        default="http://127.0.0.1:9464/metrics",
+        help="the detector's metrics page (run with --metrics-port; default %(default)s)",
+    )
+    p.add_argument(
+        "--max-age-s",
+        type=non_negative_float,
+        default=90.0,
+        help="the longest since the loop's last turn that is still healthy (default %(default)s)",
+    )
+    p.set_defaults(func=cmd_health)
 
     from streamer import bench, evaluate, latent
 

@@ -347,6 +347,14 @@ class LogSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class MetricsSettings(_Section):
+    """Prometheus metrics over HTTP (``streamer.monitoring``): off unless a port is given; on the
+    loopback interface unless told otherwise (``host = "0.0.0.0"`` in a container)."""
+
+    port: int | None = Field(default=None, ge=0, le=65_535)
+    host: str = "127.0.0.1"
+
+
 class Settings(BaseSettings):
     """Every setting of ``streamer run``; see the README's configuration table."""
 
@@ -363,6 +371,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
 
 class _GivenOnly(Settings):

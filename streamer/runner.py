@@ -42,8 +42,9 @@ from confluent_kafka import Message as KafkaMessage
 from streamer.alerts import Source, bound_key, dead_letter, shrink
 from streamer.batching import MicroBatcher
 from streamer.config import FLUSH_SLACK_MS, Settings
-from streamer.errors import BrokerError, DeliveryError
+from streamer.errors import BrokerError, ConfigError, DeliveryError
 from streamer.kafka_io import CLIENT_LOG_EVERY_S, REFUSED, RateLimit, client, client_logger
+from streamer.monitoring import RunMetrics
 from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
 from streamer.reload import RETRY_REFUSED_S, ModelWatcher
 
@@ -168,6 +169,8 @@ class Detector:
         )
         self.offsets = OffsetTracker()
         self.stats = RunStats()
+        self.metrics = RunMetrics()
+        self._show_model(scorer)
         self._stop = threading.Event()
         self._delivery_errors: list[str] = []
         # records a topic refused as too large, sent again by _resend_smaller
@@ -220,6 +223,7 @@ class Detector:
     # -- Kafka callbacks -------------------------------------------------------------------------
     def _on_client_error(self, err: KafkaError) -> None:
         """A client-wide error (served by consume, poll and flush, in the loop's thread)."""
+        self.metrics.client_errors.labels(err.name()).inc()
         if err.fatal() or err.code() in REFUSED:
             if self._client_failure is None:
                 self._client_failure = err
@@ -258,7 +262,7 @@ class Detector:
         ):  # the next commit or the next owner covers it: at-least-once still holds
             log.warning("commit_failed", error=str(err))
             return
-        self.offsets.mark_committed([p for p in partitions if p.error is None])
+        self._committed([p for p in partitions if p.error is None])
 
     def _on_delivery(self, err: KafkaError | None, msg: KafkaMessage) -> None:
         if err is None:
@@ -270,6 +274,7 @@ class Detector:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update((p.topic, p.partition) for p in partitions)
+        self.metrics.partitions.set(len(self._assigned))
         self._forget_stalls(partitions)
         if partitions:
             self._assigned_at = time.monotonic()
@@ -331,6 +336,7 @@ class Detector:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(p.topic, p.partition) for p in partitions}
         self._assigned -= revoked
+        self.metrics.partitions.set(len(self._assigned))
         dropped = self.batcher.discard(lambda m: (m.topic(), m.partition()) in revoked)
         self._commit(self.offsets.uncommitted(revoked), asynchronous=False)
         self.offsets.forget(partitions)
@@ -344,6 +350,7 @@ class Detector:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {(p.topic, p.partition) for p in partitions}
         self._assigned -= lost
+        self.metrics.partitions.set(len(self._assigned))
         dropped = self.batcher.discard(lambda m: (m.topic(), m.partition()) in lost)
         self.offsets.forget(partitions)
         self._forget_stalls(partitions)
@@ -436,7 +443,9 @@ class Detector:
         start = last_input = time.monotonic()
         failed = False
         try:
+            self._serve_metrics()
             while not self._stop.is_set():
+                self.metrics.beat()
                 limit = None if max_events is None else max_events - self.stats.events
                 if limit is not None and limit <= 0:
                     break
@@ -473,6 +482,7 @@ class Detector:
             try:
                 self._shutdown(failed)
             finally:
+                self.metrics.close()
                 gc.unfreeze()
         return self.stats
 
@@ -533,6 +543,14 @@ class Detector:
         stats.dead_lettered += n_dead
         for name, seconds in result.timings.items():
             stats.add_stage(name, seconds)
+        metrics = self.metrics
+        metrics.batches.inc()
+        metrics.events.inc(len(batch))
+        metrics.scored.inc(len(result.scores))
+        metrics.alerts.inc(n_alerts)
+        metrics.dead_letters.inc(n_dead)
+        metrics.batch_seconds.observe(t3 - t0)
+        metrics.threshold.set(self.pipeline.threshold.get())
         stats.add_stage("produce", t2 - t1)
         stats.add_stage("commit", t3 - t2)
         log.info(
@@ -622,6 +640,7 @@ class Detector:
         # Never past the deadline: the settings keep it below max.poll.interval.ms (streamer.config).
         remaining = self.producer.flush(min(30.0, wait_s))
         while remaining and (left := deadline - time.monotonic()) > 0:
+            self.metrics.beat()  # waiting for the broker, not stuck
             self._check_client()
             log.warning("output_not_acknowledged_yet", records=remaining)
             remaining = self.producer.flush(min(30.0, left))
@@ -687,7 +706,12 @@ class Detector:
             )
             return
         if done:  # synchronous: the broker's answer; asynchronous commits are marked in _on_commit
-            self.offsets.mark_committed([p for p in done if p.error is None])
+            self._committed([p for p in done if p.error is None])
+
+    def _committed(self, partitions: list[TopicPartition]) -> None:
+        self.offsets.mark_committed(partitions)
+        if partitions:
+            self.metrics.last_commit.set(time.time())
 
     def _maybe_swap_model(self) -> None:
         if self.watcher is None:
@@ -715,7 +739,26 @@ class Detector:
                 removed=sorted(set(old.features) - set(scorer.features)),
             )
         self.stats.model_swaps += 1
+        self.metrics.model_swaps.inc()
+        self._show_model(scorer)
         log.info("model_swapped", old_version=old.version, new_version=scorer.version)
+
+    def _show_model(self, scorer: ScorerLike) -> None:
+        self.metrics.model.info(
+            {"kind": scorer.kind, "name": scorer.name, "version": scorer.version}
+        )
+
+    def _serve_metrics(self) -> None:
+        settings = self.settings.metrics
+        if settings.port is None:
+            return
+        try:
+            port = self.metrics.serve(settings.port, settings.host)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics: cannot serve on {settings.host}:{settings.port} ({exc})"
+            ) from None
+        log.info("metrics_serving", url=f"http://{settings.host}:{port}/metrics")
 
     def _shutdown(self, failed: bool) -> None:
         """Flush, commit what was processed and acknowledged, close. After a failure, commit nothing new."""

@@ -84,6 +84,14 @@ def test_detector_environment_is_valid_settings(
     assert "models:/models" in detector["volumes"]
     args = build_parser().parse_args(detector["command"])
     assert args.command == "run"
+    # the healthcheck reads the metrics the detector serves, on the port the compose file publishes
+    assert settings.metrics.port == 9464 and settings.metrics.host == "0.0.0.0"
+    assert f"{settings.metrics.port}:{settings.metrics.port}" in detector["ports"]
+    check = detector["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "streamer"]
+    health = build_parser().parse_args(check[2:])
+    assert health.command == "health"
+    assert health.url == f"http://127.0.0.1:{settings.metrics.port}/metrics"
 
 
 def test_trainer_writes_the_model_the_detector_reads(

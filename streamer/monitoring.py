@@ -1,0 +1,119 @@
+"""Prometheus metrics of ``streamer run``, and the health check that reads them.
+
+What an operator graphs and pages on: events in, scored, alerted and dead-lettered; batch time; when
+offsets were last committed; partitions held; the threshold; the model scoring now; Kafka client
+errors by code. Each detector keeps its own registry (not prometheus_client's process-wide one, so
+that detectors run in-process, as the tests and the benchmark do, count apart), served over HTTP
+when ``metrics.port`` is set. No label takes values from the input: entity keys never become label
+values, so the number of series stays bounded whatever the stream holds.
+
+``ae_streamer_loop_heartbeat_timestamp_seconds`` is set on every turn of the loop (at most about
+every 0.5 s while idle, and every 30 s while it waits for the broker to acknowledge output), so its age
+tells a live loop from a stuck one: ``streamer health`` exits 1 when it is older than ``--max-age-s``.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+
+HEARTBEAT = "ae_streamer_loop_heartbeat_timestamp_seconds"
+# The most of a metrics page `streamer health` reads (a detector's is a few kB).
+MAX_PAGE_BYTES = 1 << 20
+_BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
+
+
+class RunMetrics:
+    """The detector's metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events = Counter(
+            "ae_streamer_events", "Input events processed (scored or dead-lettered)", registry=r
+        )
+        self.scored = Counter("ae_streamer_scored_events", "Input events scored", registry=r)
+        self.alerts = Counter("ae_streamer_alerts", "Alerts published", registry=r)
+        self.dead_letters = Counter(
+            "ae_streamer_dead_letters", "Input events dead-lettered", registry=r
+        )
+        self.batches = Counter("ae_streamer_batches", "Micro-batches processed", registry=r)
+        self.batch_seconds = Histogram(
+            "ae_streamer_batch_duration_seconds",
+            "Time to process a micro-batch: decode, score, threshold, publish and wait for the "
+            "broker's acknowledgement, store offsets",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.last_commit = Gauge(
+            "ae_streamer_last_commit_timestamp_seconds",
+            "When offsets were last committed (Unix time; 0: not yet)",
+            registry=r,
+        )
+        self.heartbeat = Gauge(HEARTBEAT, "When the loop last went round (Unix time)", registry=r)
+        self.partitions = Gauge(
+            "ae_streamer_assigned_partitions",
+            "Input partitions assigned to this detector",
+            registry=r,
+        )
+        self.threshold = Gauge(
+            "ae_streamer_threshold", "The online threshold after the last batch", registry=r
+        )
+        self.model_swaps = Counter(
+            "ae_streamer_model_swaps", "New model versions swapped in while running", registry=r
+        )
+        self.model = Info("ae_streamer_model", "The model scoring now", registry=r)
+        self.client_errors = Counter(
+            "ae_streamer_kafka_client_errors",
+            "Client-wide Kafka errors by librdkafka's error name (_TRANSPORT, _ALL_BROKERS_DOWN, ...)",
+            ["code"],
+            registry=r,
+        )
+        self._server: WSGIServer | None = None
+
+    def beat(self) -> None:
+        self.heartbeat.set(time.time())
+
+    def serve(self, port: int, host: str) -> int:
+        """Serve the metrics on ``http://host:port/metrics`` from a daemon thread; the port bound
+        (``port`` 0 takes a free one)."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def heartbeat_age_s(url: str, timeout_s: float = 5.0) -> float:
+    """Seconds since the detector at ``url`` (its metrics page) last went round its loop.
+
+    Raises OSError when the page cannot be read, ValueError when it holds no heartbeat.
+    """
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        page = response.read(MAX_PAGE_BYTES + 1)
+    if len(page) > MAX_PAGE_BYTES:
+        raise ValueError(f"{url} sent more than {MAX_PAGE_BYTES} bytes: not a detector's metrics")
+    for family in text_string_to_metric_families(page.decode("utf-8", errors="replace")):
+        if family.name == HEARTBEAT:
+            for sample in family.samples:
+                return max(0.0, time.time() - float(sample.value))
+    raise ValueError(f"{url} has no {HEARTBEAT}: is it a detector's metrics page?")
+
+
+def health(url: str, max_age_s: float) -> tuple[bool, str]:
+    """Whether the detector at ``url`` is alive (its loop went round within ``max_age_s``), and why."""
+    try:
+        age = heartbeat_age_s(url)
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        return False, f"unhealthy: {exc}"
+    if age > max_age_s:
+        return False, f"unhealthy: the loop last went round {age:.0f} s ago (limit {max_age_s:g} s)"
+    return True, f"healthy: the loop went round {age:.1f} s ago"

@@ -1,0 +1,53 @@
+"""The metrics page and the health check that reads it (no broker: the HTTP side alone)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from streamer.monitoring import HEARTBEAT, RunMetrics, health
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[RunMetrics, str]]:
+    metrics = RunMetrics()
+    port = metrics.serve(0, "127.0.0.1")
+    try:
+        yield metrics, f"http://127.0.0.1:{port}/metrics"
+    finally:
+        metrics.close()
+
+
+def test_a_recent_heartbeat_is_healthy_and_an_old_one_is_not(served) -> None:
+    metrics, url = served
+    metrics.beat()
+    ok, why = health(url, max_age_s=30)
+    assert ok, why
+    metrics.heartbeat.set(time.time() - 120)  # a loop stuck for two minutes
+    ok, why = health(url, max_age_s=30)
+    assert not ok and "(limit 30 s)" in why, why
+
+
+def test_no_detector_there_is_unhealthy_not_an_exception() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ok, why = health(f"http://127.0.0.1:{port}/metrics", max_age_s=30)
+    assert not ok and why.startswith("unhealthy:"), why
+
+
+def test_a_page_without_the_heartbeat_is_not_taken_for_a_detector(served) -> None:
+    metrics, url = served
+    metrics.registry.unregister(metrics.heartbeat)
+    ok, why = health(url, max_age_s=30)
+    assert not ok and HEARTBEAT in why, why
+
+
+def test_each_detector_counts_in_its_own_registry() -> None:
+    a, b = RunMetrics(), RunMetrics()
+    a.events.inc(5)
+    assert a.registry.get_sample_value("ae_streamer_events_total") == 5
+    assert b.registry.get_sample_value("ae_streamer_events_total") == 0
