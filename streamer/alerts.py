@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 import orjson
@@ -100,11 +101,31 @@ class Alert(_Record):
     )
 
 
+class ReasonCode(StrEnum):
+    """Why a message was dead-lettered, for machines (``DeadLetter.reason`` says it for people)."""
+
+    EMPTY = "empty"  # no bytes, or no value at all
+    TOO_LARGE = "too_large"  # over events.max_message_bytes
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"  # NaN and Infinity included: they are not JSON
+    NOT_OBJECT = "not_object"  # JSON, but not an object
+    MISSING_FEATURE = "missing_feature"
+    NOT_NUMBER = "not_number"  # a feature that is a string, boolean, null, array or object
+    NOT_FINITE = "not_finite"  # a feature beyond float32's range
+    SCORE_NOT_FINITE = "score_not_finite"  # the model's score of the event overflowed
+    UNREADABLE = "unreadable"  # the consumer could not read the record's batch (no bytes kept)
+
+
 class DeadLetter(_Record):
     """An input message that could not be scored, with the reason and the (bounded) original bytes."""
 
     schema_version: Literal[1] = 1
-    reason: str
+    reason: str = Field(description="why, for people: the code's meaning with the values concerned")
+    reason_code: ReasonCode = Field(description="why, as one of a closed set of codes")
+    feature: str | None = Field(
+        default=None,
+        description="the feature concerned (missing_feature, not_number, not_finite), else null",
+    )
     source: Source
     key: str | None = Field(
         description="the Kafka key as UTF-8 text, or 'base64:' and its base64 where it is not "
@@ -167,18 +188,22 @@ def shrink(value: bytes) -> bytes | None:
 
 
 def dead_letter(
+    code: ReasonCode,
     reason: str,
     source: Source,
     key: bytes | None,
     value: bytes | None,
     max_bytes: int,
     now: datetime,
+    feature: str | None = None,
 ) -> bytes:
     """The dead-letter record for one message, as JSON bytes."""
     value = value or b""
     kept = value[:max_bytes]
     record = DeadLetter(
         reason=reason,
+        reason_code=code,
+        feature=feature,
         source=source,
         key=key_text(key),
         original_b64=base64.b64encode(kept).decode("ascii"),

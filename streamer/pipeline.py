@@ -27,6 +27,7 @@ from streamer.alerts import (
     Alert,
     FeatureContribution,
     ModelRef,
+    ReasonCode,
     Source,
     bound_key,
     dead_letter,
@@ -34,7 +35,7 @@ from streamer.alerts import (
     to_json,
 )
 from streamer.config import EventSettings, ThresholdSettings
-from streamer.decode import DecodedBatch, Decoder, concat
+from streamer.decode import DecodedBatch, Decoder, Rejection, concat
 from streamer.dedup import AlertCooldown
 from streamer.features import EntityWindows
 from streamer.gate import AlertGate
@@ -460,7 +461,8 @@ class Pipeline:
         finite = np.isfinite(scores)
         if not finite.all():  # a model that overflows on an input must not poison the threshold
             bad = np.flatnonzero(~finite)
-            rejected.extend((int(decoded.valid[j]), "anomaly score is not finite") for j in bad)
+            why = Rejection(ReasonCode.SCORE_NOT_FINITE, "anomaly score is not finite")
+            rejected.extend((int(decoded.valid[j]), why) for j in bad)
             rejected.sort()
             keep = np.flatnonzero(finite)
             decoded = decoded.take(keep)
@@ -785,13 +787,13 @@ class Pipeline:
         return (value if isinstance(value, str) else _text(value))[:MAX_ECHO_CHARS]
 
     def _build_dead_letters(
-        self, origin: Callable[[int], Message], rejected: list[tuple[int, str]]
+        self, origin: Callable[[int], Message], rejected: list[tuple[int, Rejection]]
     ) -> list[tuple[bytes | None, bytes]]:
         if not rejected:
             return []
         now = self._now()
         out = []
-        for i, reason in rejected:
+        for i, why in rejected:
             msg = origin(i)
             source = Source(
                 topic=msg.topic,
@@ -803,7 +805,14 @@ class Pipeline:
                 (
                     bound_key(msg.key),
                     dead_letter(
-                        reason, source, msg.key, msg.value, self.events.max_original_bytes, now
+                        why.code,
+                        why.reason,
+                        source,
+                        msg.key,
+                        msg.value,
+                        self.events.max_original_bytes,
+                        now,
+                        why.feature,
                     ),
                 )
             )

@@ -19,6 +19,7 @@ from streamer.alerts import (
     MAX_KEY_BYTES,
     Alert,
     DeadLetter,
+    ReasonCode,
     json_schema,
     json_schemas,
     shrink,
@@ -220,6 +221,41 @@ def test_non_finite_scores_are_dead_lettered_not_thresholded() -> None:
     assert result.valid.tolist() == [1]
     assert "not finite" in DeadLetter.model_validate_json(result.dead_letters[0][1]).reason
     assert np.isfinite(result.thresholds).all()
+
+
+def test_every_kind_of_bad_input_is_dead_lettered_with_its_code() -> None:
+    """Dead letters said why only in words, with the values inside them ("feature 'y' is not a
+    number but null"); each now has a code from a closed set, and the feature where there is one.
+    Every code the pipeline core gives is here (``unreadable`` comes from the runner alone)."""
+
+    class Overflowing(SquareScorer):
+        def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            s, e = super().score(x)
+            s[x[:, 0] == 7] = np.inf
+            return s, e
+
+    bad = {
+        ReasonCode.EMPTY: (b"", None),
+        ReasonCode.TOO_LARGE: (b'{"x": 1, "y": 1, "z": 1, "pad": "' + b"p" * 200 + b'"}', None),
+        ReasonCode.INVALID_UTF8: (b'{"x": 1, "y": 1, "z": "\xff"}', None),
+        ReasonCode.INVALID_JSON: (b'{"x": NaN, "y": 1, "z": 1}', None),
+        ReasonCode.NOT_OBJECT: (b"[1, 2, 3]", None),
+        ReasonCode.MISSING_FEATURE: (b'{"x": 1, "z": 1}', "y"),
+        ReasonCode.NOT_NUMBER: (b'{"x": 1, "y": null, "z": 1}', "y"),
+        ReasonCode.NOT_FINITE: (b'{"x": 1, "y": 1, "z": 1e39}', "z"),
+        ReasonCode.SCORE_NOT_FINITE: (b'{"x": 7, "y": 1, "z": 1}', None),
+    }
+    assert set(bad) == set(ReasonCode) - {ReasonCode.UNREADABLE}
+    good = message(0, {"x": 0.1, "y": 0.1, "z": 0.1})
+    batch = [good] + [message(i + 1, {}, raw=raw) for i, (raw, _) in enumerate(bad.values())]
+    result = make(Overflowing(), max_message_bytes=100).process_messages(batch)
+    assert result.valid.tolist() == [0]
+    letters = [DeadLetter.model_validate_json(v) for _, v in result.dead_letters]
+    assert [(d.reason_code, d.feature) for d in letters] == list(
+        zip(bad, [f for _, f in bad.values()], strict=True)
+    )
+    assert letters[6].reason == "feature 'y' is not a number but null"  # the words as they were
+    assert all(orjson.loads(v)["reason_code"] in set(ReasonCode) for _, v in result.dead_letters)
 
 
 def test_windowed_scorer_gets_each_entitys_window() -> None:
