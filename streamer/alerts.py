@@ -2,6 +2,11 @@
 
 Both are pydantic models, so every record is validated before it is produced, and their JSON schema
 (``streamer schema``) is the contract with the services that subscribe to the topics.
+
+Schema evolution: every record carries ``schema_version``. A field may be added without changing it;
+a change of a field's meaning or type, a field removed, or a value added to a closed set (a reason
+code, a model kind) changes it. So the published schema allows properties it does not name, and
+subscribers ignore them, while the records themselves are built strictly (``extra="forbid"``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-SCHEMA_VERSION = 1  # bump with the Literal below when a field changes meaning
+SCHEMA_VERSION = 1  # bump with the Literals below when a field changes (module docstring)
 # Keys are echoed twice in every record (as its Kafka key and in its JSON), and a key is read from the
 # network: one longer than this is published as "sha256:<hex digest>" of its bytes (stable per entity).
 MAX_KEY_BYTES = 1_024
@@ -26,7 +31,15 @@ MAX_ECHO_CHARS = 256
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict where records are built, open where they are read: the schema's additionalProperties is
+    # true, so a subscriber validating with it takes a field added later. Every field is written (none
+    # is left out for being at its default), so the serialization schema requires them all.
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"additionalProperties": True},
+        json_schema_serialization_defaults_required=True,
+    )
 
 
 class Source(_Record):
@@ -224,6 +237,7 @@ def to_json(record: BaseModel) -> bytes:
 class ScoreRecord(_Record):
     """One scored event on the optional scores topic; its Kafka key is the input message's Kafka key."""
 
+    schema_version: Literal[1] = 1
     topic: str
     partition: int = Field(ge=0)
     offset: int = Field(ge=0)

@@ -39,7 +39,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as KafkaMessage
 
-from streamer.alerts import ReasonCode, Source, bound_key, dead_letter, shrink
+from streamer.alerts import SCHEMA_VERSION, ReasonCode, Source, bound_key, dead_letter, shrink
 from streamer.batching import MicroBatcher
 from streamer.config import FLUSH_SLACK_MS, Settings
 from streamer.errors import BrokerError, DeliveryError
@@ -547,6 +547,7 @@ class Detector:
         ):
             m = batch[i]
             record = {
+                "schema_version": SCHEMA_VERSION,
                 "topic": m.topic(),
                 "partition": m.partition(),
                 "offset": m.offset(),

@@ -12,11 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 
 import streamer.pipeline
 from streamer.alerts import (
     MAX_ECHO_CHARS,
     MAX_KEY_BYTES,
+    RECORDS,
     Alert,
     DeadLetter,
     ReasonCode,
@@ -744,6 +746,7 @@ def test_the_document_is_one_schema_that_holds_every_record_kind() -> None:
     for record in alerts + dead:
         validator.validate(record)
     score = {
+        "schema_version": 1,
         "topic": "in",
         "partition": 0,
         "offset": 3,
@@ -752,8 +755,33 @@ def test_the_document_is_one_schema_that_holds_every_record_kind() -> None:
         "alert": False,
     }
     validator.validate(score)
-    for wrong in ({"not": "an alert"}, {**alerts[0], "score": "high"}, {**score, "extra": 1}):
+    for wrong in ({"not": "an alert"}, {**alerts[0], "score": "high"}, {**score, "alert": 1}):
         assert not validator.is_valid(wrong)
+
+
+@pytest.mark.parametrize("kind", ["alert", "dead_letter", "score"])
+def test_the_published_schema_takes_fields_added_later_and_requires_the_version(kind: str) -> None:
+    """The schemas said additionalProperties: false, so a subscriber validating with them would have
+    refused every record once a field was added (as reason_code was); schema_version was not
+    required, and score records had none. Records are still built strictly."""
+    alerts, dead = _schema_records()
+    score = {"schema_version": 1, "topic": "in", "partition": 0, "offset": 3, "score": 0.5}
+    record = {
+        "alert": alerts[0],
+        "dead_letter": dead[0],
+        "score": {**score, "threshold": None, "alert": False},
+    }[kind]
+    model = RECORDS[kind]
+    for schema in (json_schema(kind), json_schemas()):
+        validator = Draft202012Validator(schema)
+        assert validator.is_valid({**record, "added_later": [1]})
+        if "source" in record:
+            assert validator.is_valid({**record, "source": {**record["source"], "added_later": 1}})
+        assert not validator.is_valid({k: v for k, v in record.items() if k != "schema_version"})
+        assert not validator.is_valid({**record, "schema_version": 2})
+    assert model.model_validate(record).schema_version == 1
+    with pytest.raises(ValidationError, match="added_later"):
+        model.model_validate({**record, "added_later": 1})
 
 
 @pytest.mark.parametrize("kind", ["alert", "dead_letter", "score"])

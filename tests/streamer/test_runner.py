@@ -209,6 +209,7 @@ def test_score_records_validate_against_their_schema() -> None:
     validator = Draft202012Validator(json_schema("score"))
     for record in scores:
         validator.validate(record)
+        assert record["schema_version"] == 1  # score records had no version
 
 
 def test_an_unreadable_record_is_dead_lettered_with_its_code() -> None:
