@@ -22,8 +22,10 @@ from streamer.alerts import (
     Alert,
     DeadLetter,
     ReasonCode,
+    bound_key,
     json_schema,
     json_schemas,
+    key_text,
     shrink,
 )
 from streamer.cli import main
@@ -562,6 +564,56 @@ def test_kafka_keys_that_are_not_utf8_stay_distinct_entities_in_alerts() -> None
     texts = [Alert.model_validate_json(v).key for _, v in result.alerts]
     assert texts == ["base64:/wAB", "base64:/gAB"]
     assert DeadLetter.model_validate_json(result.dead_letters[0][1]).key == "base64:/wAB"
+
+
+_LONG = b"k" * 2_000
+_LONG_DIGEST = b"sha256:" + hashlib.sha256(_LONG).hexdigest().encode()
+
+
+def test_no_two_kafka_keys_share_a_published_key() -> None:
+    """b'\\xff' and the text key 'base64:/w==' were both published as 'base64:/w==', and the text key
+    'sha256:<hex>' as a long key's digest (one entity too in the cooldown, windows and gate). A key
+    that begins with a reserved prefix is now encoded; every ordinary key is as it was."""
+    keys = [b"\xff", b"base64:/w==", _LONG, _LONG_DIGEST, b"sha256:", b"sensor-03", "é".encode()]
+    texts = [key_text(k) for k in keys]
+    assert len(set(texts)) == len(keys)
+    assert texts[0] == "base64:/w==" and texts[2] == _LONG_DIGEST.decode()
+    assert texts[5:] == ["sensor-03", "é"]  # ordinary keys unchanged
+    assert [bound_key(k) for k in (b"sensor-03", b"base64", b"x-sha256:1")] == [
+        b"sensor-03",
+        b"base64",
+        b"x-sha256:1",
+    ]
+    # through the pipeline, with the cooldown on: four entities, four alerts, four keys
+    batch = [message(i, {"x": 50.0, "y": 0, "z": 0}, key=k) for i, k in enumerate(keys[:4])]
+    result = make(alert_gate_z=0).process_messages(batch)
+    alerts = [Alert.model_validate_json(v) for _, v in result.alerts]
+    assert [a.key for a in alerts] == texts[:4]
+    assert len({k for k, _ in result.alerts}) == 4  # their Kafka keys are distinct too
+
+
+@pytest.mark.parametrize("key_field", ["id", None])
+def test_a_key_that_looks_like_a_digest_is_another_entity(key_field: str | None) -> None:
+    """A key field (or Kafka key) 'sha256:<hex of a long key>' shared the long key's state: with the
+    cooldown on, the second alert was muted as the same entity's, under the same key."""
+    long_id, digest = _LONG.decode(), _LONG_DIGEST.decode()
+    ids = [long_id, digest, "base64:" + base64.b64encode(b"\x01").decode(), "plain"]
+    batch = [
+        message(
+            i, {"x": 50.0, "y": 0, "z": 0, "id": v}, key=v.encode() if key_field is None else b"k"
+        )
+        for i, v in enumerate(ids)
+    ]
+    result = make(key_field=key_field, alert_gate_z=0).process_messages(batch)
+    alerted = [Alert.model_validate_json(v).key for _, v in result.alerts]
+    assert len(alerted) == 4 and len(set(alerted)) == 4
+    assert alerted[0] == digest and alerted[3] == "plain"
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"", b"base64:", b"sha256:"]), st.binary(max_size=12))))
+def test_key_text_tells_any_two_keys_apart(parts: list[tuple[bytes, bytes]]) -> None:
+    keys = {prefix + rest for prefix, rest in parts}
+    assert len({key_text(k) for k in keys}) == len(keys)
 
 
 def _nested(depth: int) -> bytes:
