@@ -2,6 +2,11 @@
 
 Both are pydantic models, so every record is validated before it is produced, and their JSON schema
 (``streamer schema``) is the contract with the services that subscribe to the topics.
+
+Schema evolution: every record carries ``schema_version``. A field may be added without changing it;
+a change of a field's meaning or type, a field removed, or a value added to a closed set (a reason
+code, a model kind) changes it. So the published schema allows properties it does not name, and
+subscribers ignore them, while the records themselves are built strictly (``extra="forbid"``).
 """
 
 from __future__ import annotations
@@ -10,22 +15,35 @@ import base64
 import hashlib
 import json
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-SCHEMA_VERSION = 1  # bump with the Literal below when a field changes meaning
+SCHEMA_VERSION = 1  # bump with the Literals below when a field changes (module docstring)
 # Keys are echoed twice in every record (as its Kafka key and in its JSON), and a key is read from the
 # network: one longer than this is published as "sha256:<hex digest>" of its bytes (stable per entity).
 MAX_KEY_BYTES = 1_024
+# The prefixes of keys that stand for others (a digest, an encoding): a key that begins with one itself
+# is published encoded (``bound_key``), so that no key is published as another key's form.
+RESERVED_KEY_PREFIXES = ("base64:", "sha256:")
+_RESERVED_BYTES = tuple(p.encode("ascii") for p in RESERVED_KEY_PREFIXES)
 # Strings echoed from an event (its time field) are cut at this many characters.
 MAX_ECHO_CHARS = 256
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict where records are built, open where they are read: the schema's additionalProperties is
+    # true, so a subscriber validating with it takes a field added later. Every field is written (none
+    # is left out for being at its default), so the serialization schema requires them all.
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"additionalProperties": True},
+        json_schema_serialization_defaults_required=True,
+    )
 
 
 class Source(_Record):
@@ -72,8 +90,9 @@ class Alert(_Record):
     )
     key: str | None = Field(
         description="entity key (key field, else the Kafka key), also the Kafka key; a Kafka key "
-        "that is not UTF-8 is given here as 'base64:' and its base64; a key over "
-        f"{MAX_KEY_BYTES} bytes is given as 'sha256:' and the hex digest of its UTF-8 bytes"
+        "that is not UTF-8, or a key that begins with 'base64:' or 'sha256:', is given here as "
+        f"'base64:' and its base64; a key over {MAX_KEY_BYTES} bytes is given as 'sha256:' and the "
+        "hex digest of its UTF-8 bytes"
     )
     event_time: str | float | int | None = Field(
         description=f"time field of the event, else None (a string cut at {MAX_ECHO_CHARS} "
@@ -100,15 +119,36 @@ class Alert(_Record):
     )
 
 
+class ReasonCode(StrEnum):
+    """Why a message was dead-lettered, for machines (``DeadLetter.reason`` says it for people)."""
+
+    EMPTY = "empty"  # no bytes, or no value at all
+    TOO_LARGE = "too_large"  # over events.max_message_bytes
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"  # NaN and Infinity included: they are not JSON
+    NOT_OBJECT = "not_object"  # JSON, but not an object
+    MISSING_FEATURE = "missing_feature"
+    NOT_NUMBER = "not_number"  # a feature that is a string, boolean, null, array or object
+    NOT_FINITE = "not_finite"  # a feature beyond float32's range
+    SCORE_NOT_FINITE = "score_not_finite"  # the model's score of the event overflowed
+    UNREADABLE = "unreadable"  # the consumer could not read the record's batch (no bytes kept)
+
+
 class DeadLetter(_Record):
     """An input message that could not be scored, with the reason and the (bounded) original bytes."""
 
     schema_version: Literal[1] = 1
-    reason: str
+    reason: str = Field(description="why, for people: the code's meaning with the values concerned")
+    reason_code: ReasonCode = Field(description="why, as one of a closed set of codes")
+    feature: str | None = Field(
+        default=None,
+        description="the feature concerned (missing_feature, not_number, not_finite), else null",
+    )
     source: Source
     key: str | None = Field(
         description="the Kafka key as UTF-8 text, or 'base64:' and its base64 where it is not "
-        f"UTF-8; a key over {MAX_KEY_BYTES} bytes is given as 'sha256:' and the hex digest of its bytes"
+        "UTF-8 or begins with 'base64:' or 'sha256:'; a key over "
+        f"{MAX_KEY_BYTES} bytes is given as 'sha256:' and the hex digest of its bytes"
     )
     original_b64: str = Field(
         description="base64 of the original bytes, at most the configured bound (none when the "
@@ -120,22 +160,41 @@ class DeadLetter(_Record):
 
 
 def bound_key(key: bytes | None) -> bytes | None:
-    """The key as published: as it came, or ``sha256:<hex>`` of it when over ``MAX_KEY_BYTES``."""
-    if key is None or len(key) <= MAX_KEY_BYTES:
-        return key
-    return b"sha256:" + hashlib.sha256(key).hexdigest().encode("ascii")
+    """The key as published: as it came; ``sha256:<hex>`` of it when over ``MAX_KEY_BYTES``; and
+    ``base64:`` and its base64 when it begins with ``base64:`` or ``sha256:`` itself, so that a key
+    such as ``sha256:<hex of another key>`` is not published as that other key's digest.
+
+    >>> bound_key(b"sensor-03"), bound_key(b"sha256:ab")
+    (b'sensor-03', b'base64:c2hhMjU2OmFi')
+    """
+    if key is None:
+        return None
+    if len(key) > MAX_KEY_BYTES:
+        return b"sha256:" + hashlib.sha256(key).hexdigest().encode("ascii")
+    if key.startswith(_RESERVED_BYTES):
+        return b"base64:" + base64.b64encode(key)
+    return key
+
+
+def bound_text(bounded: bytes | None) -> str | None:
+    """A key that ``bound_key`` returned, as text: its UTF-8 text, else ``base64:`` and its base64."""
+    if bounded is None:
+        return None
+    try:
+        return bounded.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(bounded).decode("ascii")
 
 
 def key_text(key: bytes | None) -> str | None:
-    """The key (bounded as ``bound_key`` bounds it) as text that tells any two keys apart: its UTF-8
-    text, or ``base64:`` and its base64 where it is not UTF-8."""
-    key = bound_key(key)
-    if key is None:
-        return None
-    try:
-        return key.decode("utf-8")
-    except UnicodeDecodeError:
-        return "base64:" + base64.b64encode(key).decode("ascii")
+    """The key as records give it, text that tells any two keys apart: a UTF-8 key as it is (one that
+    begins with ``base64:`` or ``sha256:`` excepted), else ``base64:`` and the base64 of its bytes,
+    and ``sha256:`` and the hex digest of a key over ``MAX_KEY_BYTES``.
+
+    >>> key_text(b"sensor-03"), key_text(b"\\xff"), key_text(b"base64:/w==")
+    ('sensor-03', 'base64:/w==', 'base64:YmFzZTY0Oi93PT0=')
+    """
+    return bound_text(bound_key(key))
 
 
 def shrink(value: bytes) -> bytes | None:
@@ -167,18 +226,22 @@ def shrink(value: bytes) -> bytes | None:
 
 
 def dead_letter(
+    code: ReasonCode,
     reason: str,
     source: Source,
     key: bytes | None,
     value: bytes | None,
     max_bytes: int,
     now: datetime,
+    feature: str | None = None,
 ) -> bytes:
     """The dead-letter record for one message, as JSON bytes."""
     value = value or b""
     kept = value[:max_bytes]
     record = DeadLetter(
         reason=reason,
+        reason_code=code,
+        feature=feature,
         source=source,
         key=key_text(key),
         original_b64=base64.b64encode(kept).decode("ascii"),
@@ -199,6 +262,7 @@ def to_json(record: BaseModel) -> bytes:
 class ScoreRecord(_Record):
     """One scored event on the optional scores topic; its Kafka key is the input message's Kafka key."""
 
+    schema_version: Literal[1] = 1
     topic: str
     partition: int = Field(ge=0)
     offset: int = Field(ge=0)

@@ -6,7 +6,7 @@ one ``np.array`` call converts all rows. A message that is empty, oversized, not
 lacks a feature or holds a feature that is not a number fails that typed decode; its batch is then
 retried in chunks, and only the chunks that fail again go message by message through orjson, naming
 each failure. Rows whose values are not finite in float32 are masked out batch-wide and named. Every
-message ends up either as a valid row or as a dead-letter reason: nothing is dropped.
+message ends up either as a valid row or as a dead-letter reason (``Rejection``): nothing is dropped.
 
 The parsed event itself (for an alert's echo and its field values as sent) is built only when asked
 for, by ``DecodedBatch.event``, from the message's bytes: alerts are few, events many.
@@ -21,14 +21,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter, itemgetter
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgspec
 import numpy as np
 import orjson
 
+from streamer.alerts import ReasonCode
+
 _NUMERIC = (int, float)
 _CHUNK = 256  # messages per retry of the fast path in a batch that holds a bad message
+
+
+class Rejection(NamedTuple):
+    """Why a message is not scored: its code, the reason in words, and the feature concerned if any."""
+
+    code: ReasonCode
+    reason: str
+    feature: str | None = None
 
 
 @dataclass(slots=True)
@@ -42,7 +52,7 @@ class DecodedBatch:
     x: np.ndarray  # (V, F) float32
     valid: np.ndarray  # (V,) int64 indices into the batch
     raw: list[bytes]  # (V,) the valid messages' bytes
-    rejected: list[tuple[int, str]]  # (index into the batch, reason)
+    rejected: list[tuple[int, Rejection]]  # (index into the batch, why)
     keys: list[Any] | None = None  # (V,) with a key field
     objects: list[dict[str, Any]] | None = None  # (V,) parsed events, where a slow path made them
     features: tuple[str, ...] = ()  # the feature names, for an event no JSON reader can rebuild
@@ -187,14 +197,15 @@ class Decoder:
         valid: list[int] = []
         raw: list[bytes] = []
         objects: list[dict[str, Any]] = []
-        rejected: list[tuple[int, str]] = []
+        rejected: list[tuple[int, Rejection]] = []
         loads, pick, limit = orjson.loads, self._pick, self.max_message_bytes
         for i, value in enumerate(values):
             if not value:
-                rejected.append((i, "empty message"))
+                rejected.append((i, Rejection(ReasonCode.EMPTY, "empty message")))
                 continue
             if len(value) > limit:
-                rejected.append((i, f"message of {len(value)} bytes exceeds the limit of {limit}"))
+                reason = f"message of {len(value)} bytes exceeds the limit of {limit}"
+                rejected.append((i, Rejection(ReasonCode.TOO_LARGE, reason)))
                 continue
             try:
                 obj = loads(value)
@@ -212,12 +223,16 @@ class Decoder:
                 objects.append(obj)
                 continue
             if type(obj) is not dict:
-                rejected.append((i, f"not a JSON object but a JSON {_json_type(obj)}"))
+                reason = f"not a JSON object but a JSON {_json_type(obj)}"
+                rejected.append((i, Rejection(ReasonCode.NOT_OBJECT, reason)))
                 continue
             try:
                 rows.append(pick(obj))
             except KeyError as exc:
-                rejected.append((i, f"missing feature {exc.args[0]!r}"))
+                name = exc.args[0]
+                rejected.append(
+                    (i, Rejection(ReasonCode.MISSING_FEATURE, f"missing feature {name!r}", name))
+                )
                 continue
             valid.append(i)
             raw.append(value)
@@ -280,14 +295,16 @@ class Decoder:
             x = x64.astype(np.float32)
         return x, numeric & np.isfinite(x).all(axis=1)
 
-    def _row_reason(self, row: tuple[Any, ...]) -> str:
+    def _row_reason(self, row: tuple[Any, ...]) -> Rejection:
         for name, value in zip(self.features, row, strict=True):
             if type(value) not in _NUMERIC:
-                return f"feature {name!r} is not a number but {_json_type(value)}"
+                reason = f"feature {name!r} is not a number but {_json_type(value)}"
+                return Rejection(ReasonCode.NOT_NUMBER, reason, name)
             with np.errstate(over="ignore"):
                 finite32 = math.isfinite(np.float32(value))
             if not math.isfinite(float(value)) or not finite32:
-                return f"feature {name!r} is not finite in float32: {value!r}"
+                reason = f"feature {name!r} is not finite in float32: {value!r}"
+                return Rejection(ReasonCode.NOT_FINITE, reason, name)
         raise AssertionError("row rejected without a reason")  # the mask and this check must agree
 
 
@@ -334,11 +351,11 @@ def _lenient_loads(raw: bytes) -> Any:
         return None
 
 
-def _json_reason(exc: orjson.JSONDecodeError) -> str:
+def _json_reason(exc: orjson.JSONDecodeError) -> Rejection:
     msg = str(exc)
     if "utf-8" in msg.lower() or "surrogate" in msg.lower():
-        return f"invalid UTF-8: {msg}"
-    return f"invalid JSON: {msg}"
+        return Rejection(ReasonCode.INVALID_UTF8, f"invalid UTF-8: {msg}")
+    return Rejection(ReasonCode.INVALID_JSON, f"invalid JSON: {msg}")
 
 
 def _json_type(value: Any) -> str:

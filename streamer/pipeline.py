@@ -24,17 +24,20 @@ from pydantic_core import PydanticSerializationError
 from streamer.alerts import (
     MAX_ECHO_CHARS,
     MAX_KEY_BYTES,
+    RESERVED_KEY_PREFIXES,
     Alert,
     FeatureContribution,
     ModelRef,
+    ReasonCode,
     Source,
     bound_key,
+    bound_text,
     dead_letter,
     key_text,
     to_json,
 )
 from streamer.config import EventSettings, ThresholdSettings
-from streamer.decode import DecodedBatch, Decoder, concat
+from streamer.decode import DecodedBatch, Decoder, Rejection, concat
 from streamer.dedup import AlertCooldown
 from streamer.features import EntityWindows
 from streamer.gate import AlertGate
@@ -122,6 +125,7 @@ class _Alerting:
 
 
 _PLAIN_KEYS = frozenset({str, int})  # key field values used as they are (bool is not one)
+_RESERVED_BYTES = tuple(p.encode("ascii") for p in RESERVED_KEY_PREFIXES)
 # A str key of at most this many characters is at most MAX_KEY_BYTES in UTF-8 (4 bytes a character).
 _SHORT_KEY_CHARS = MAX_KEY_BYTES // 4
 
@@ -129,10 +133,13 @@ _SHORT_KEY_CHARS = MAX_KEY_BYTES // 4
 def _bound_entity(key: Hashable) -> Hashable:
     """The entity key as the per-entity state and the records keep it: one over ``MAX_KEY_BYTES``
     becomes ``sha256:<hex>`` of its bytes (the same for every event of the entity), so that no key read
-    from the network holds more than a kilobyte in the state of up to 100,000 entities."""
+    from the network holds more than a kilobyte in the state of up to 100,000 entities; one that begins
+    with a reserved prefix is encoded (``bound_key``), so that it is no other key's digest."""
     if isinstance(key, bytes):
         return bound_key(key)
-    if isinstance(key, str) and len(key) > _SHORT_KEY_CHARS:
+    if isinstance(key, str) and (
+        len(key) > _SHORT_KEY_CHARS or key.startswith(RESERVED_KEY_PREFIXES)
+    ):
         return key_text(key.encode("utf-8", "surrogatepass"))
     return key
 
@@ -211,20 +218,46 @@ def _alert_key(entity: Hashable) -> tuple[str | None, bytes | None]:
     if entity is None:
         return None, None
     if isinstance(entity, bytes):
-        return key_text(entity), entity
+        return bound_text(entity), entity
     text = entity if isinstance(entity, str) else str(entity)
     return text, text.encode("utf-8")  # JSON readers here refuse lone surrogates
 
 
 def _bound_entities(keys: list[Hashable]) -> list[Hashable]:
-    """``_bound_entity`` over a batch's keys; a length check at C speed when none is long."""
+    """``_bound_entity`` over a batch's keys; a length check and a search for the reserved prefixes at
+    C speed when none is long or reserved."""
     try:
         longest = max(map(len, filter(None, keys)), default=0)  # type: ignore[arg-type]
     except TypeError:  # ints among them
         longest = max((len(k) for k in keys if isinstance(k, str | bytes)), default=0)
-    if longest <= _SHORT_KEY_CHARS:
+    if longest <= _SHORT_KEY_CHARS and not _any_reserved(keys):
         return keys
     return [_bound_entity(k) for k in keys]
+
+
+def _any_reserved(keys: list[Hashable]) -> bool:
+    """Whether a key may begin with a reserved prefix: at C speed, a search of all the keys joined
+    when all are str or all bytes (which may find one inside a key too: the caller then checks each);
+    else key by key, where there are any str or bytes among the ints."""
+    present: list[Any] = list(filter(None, keys))
+    try:
+        text = "\n".join(present)
+        return any(p in text for p in RESERVED_KEY_PREFIXES)
+    except TypeError:
+        pass
+    try:
+        raw = b"\n".join(present)
+        return any(p in raw for p in _RESERVED_BYTES)
+    except TypeError:
+        pass
+    if set(map(type, present)) <= {int}:
+        return False
+    return any(
+        k.startswith(RESERVED_KEY_PREFIXES)
+        if type(k) is str
+        else type(k) is bytes and k.startswith(_RESERVED_BYTES)
+        for k in present
+    )
 
 
 def _shifted(origin: Callable[[int], Message], start: int) -> Callable[[int], Message]:
@@ -460,7 +493,8 @@ class Pipeline:
         finite = np.isfinite(scores)
         if not finite.all():  # a model that overflows on an input must not poison the threshold
             bad = np.flatnonzero(~finite)
-            rejected.extend((int(decoded.valid[j]), "anomaly score is not finite") for j in bad)
+            why = Rejection(ReasonCode.SCORE_NOT_FINITE, "anomaly score is not finite")
+            rejected.extend((int(decoded.valid[j]), why) for j in bad)
             rejected.sort()
             keep = np.flatnonzero(finite)
             decoded = decoded.take(keep)
@@ -785,13 +819,13 @@ class Pipeline:
         return (value if isinstance(value, str) else _text(value))[:MAX_ECHO_CHARS]
 
     def _build_dead_letters(
-        self, origin: Callable[[int], Message], rejected: list[tuple[int, str]]
+        self, origin: Callable[[int], Message], rejected: list[tuple[int, Rejection]]
     ) -> list[tuple[bytes | None, bytes]]:
         if not rejected:
             return []
         now = self._now()
         out = []
-        for i, reason in rejected:
+        for i, why in rejected:
             msg = origin(i)
             source = Source(
                 topic=msg.topic,
@@ -803,7 +837,14 @@ class Pipeline:
                 (
                     bound_key(msg.key),
                     dead_letter(
-                        reason, source, msg.key, msg.value, self.events.max_original_bytes, now
+                        why.code,
+                        why.reason,
+                        source,
+                        msg.key,
+                        msg.value,
+                        self.events.max_original_bytes,
+                        now,
+                        why.feature,
                     ),
                 )
             )

@@ -39,7 +39,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as KafkaMessage
 
-from streamer.alerts import Source, bound_key, dead_letter, shrink
+from streamer.alerts import SCHEMA_VERSION, ReasonCode, Source, bound_key, dead_letter, shrink
 from streamer.batching import MicroBatcher
 from streamer.config import FLUSH_SLACK_MS, Settings
 from streamer.errors import BrokerError, ConfigError, DeliveryError
@@ -579,7 +579,7 @@ class Detector:
             timestamp_ms=None,
         )
         reason = f"unreadable record: its batch could not be read ({err.name()}: {err.str()})"
-        return dead_letter(reason, source, None, None, 0, datetime.now(UTC))
+        return dead_letter(ReasonCode.UNREADABLE, reason, source, None, None, 0, datetime.now(UTC))
 
     def _next_offsets(self, batch: list[KafkaMessage]) -> dict[tuple[str, int], tuple[int, int]]:
         """The offset after each partition's last message in the batch, and that message's leader
@@ -609,6 +609,7 @@ class Detector:
         ):
             m = batch[i]
             record = {
+                "schema_version": SCHEMA_VERSION,
                 "topic": m.topic(),
                 "partition": m.partition(),
                 "offset": m.offset(),

@@ -109,7 +109,7 @@ def table_from_topic(args: argparse.Namespace) -> tuple[np.ndarray, list[str], n
             "training_rows_skipped",
             count=len(decoded.rejected),
             of=len(values),
-            first=decoded.rejected[0][1],
+            first=decoded.rejected[0][1].reason,
         )
     if not len(decoded.x):
         raise DataError(f"no usable rows in topic {args.from_topic!r}")

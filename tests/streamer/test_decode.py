@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamer.alerts import ReasonCode
 from streamer.decode import Decoder
 
 FEATURES = ("a", "b")
@@ -54,7 +55,7 @@ def test_fast_path_rejects_what_orjson_rejects_in_fields_it_skips() -> None:
             b'{"a": 1, "b": 2, "note": "\xff\xfe"}'.decode("unicode_escape").encode("latin-1"),
         ]
     )
-    assert out.valid.tolist() == [0] and "invalid UTF-8" in out.rejected[0][1]
+    assert out.valid.tolist() == [0] and "invalid UTF-8" in out.rejected[0][1].reason
 
 
 def test_event_of_a_message_orjson_cannot_read_falls_back() -> None:
@@ -65,35 +66,58 @@ def test_event_of_a_message_orjson_cannot_read_falls_back() -> None:
     assert event["a"] == 1 and event["big"] == float("inf")
 
 
+E, B, J, U = (
+    ReasonCode.EMPTY,
+    ReasonCode.INVALID_JSON,
+    ReasonCode.NOT_NUMBER,
+    ReasonCode.INVALID_UTF8,
+)
+
+
 @pytest.mark.parametrize(
-    ("value", "reason"),
+    ("value", "reason", "code", "feature"),
     [
-        (None, "empty message"),
-        (b"", "empty message"),
-        (b"{not json", "invalid JSON"),
-        (b'{"a": 1, "b": \xff}', "invalid"),
-        (b"\xff\xfe\x00", "invalid"),
-        (b"[1, 2]", "not a JSON object but a JSON array"),
-        (b'"text"', "not a JSON object but a JSON string"),
-        (b'{"a": 1}', "missing feature 'b'"),
-        (b'{"a": "1.5", "b": 2}', "feature 'a' is not a number but string"),
-        (b'{"a": true, "b": 2}', "feature 'a' is not a number but boolean"),
-        (b'{"a": null, "b": 2}', "feature 'a' is not a number but null"),
-        (b'{"a": [1], "b": 2}', "feature 'a' is not a number but array"),
-        (b'{"a": NaN, "b": 2}', "invalid JSON"),
-        (b'{"a": Infinity, "b": 2}', "invalid JSON"),
-        (b'{"a": 1e400, "b": 2}', "invalid JSON"),
-        (b'{"a": 1e39, "b": 2}', "feature 'a' is not finite in float32"),
-        (b'{"a": 1, "b": 2, "pad": "' + b"x" * 2000 + b'"}', "exceeds the limit of 1000"),
+        (None, "empty message", E, None),
+        (b"", "empty message", E, None),
+        (b"{not json", "invalid JSON", B, None),
+        (b'{"a": 1, "b": \xff}', "invalid UTF-8", U, None),
+        (b"\xff\xfe\x00", "invalid UTF-8", U, None),
+        (b"[1, 2]", "not a JSON object but a JSON array", ReasonCode.NOT_OBJECT, None),
+        (b'"text"', "not a JSON object but a JSON string", ReasonCode.NOT_OBJECT, None),
+        (b'{"a": 1}', "missing feature 'b'", ReasonCode.MISSING_FEATURE, "b"),
+        (b'{"a": "1.5", "b": 2}', "feature 'a' is not a number but string", J, "a"),
+        (b'{"a": true, "b": 2}', "feature 'a' is not a number but boolean", J, "a"),
+        (b'{"a": null, "b": 2}', "feature 'a' is not a number but null", J, "a"),
+        (b'{"a": [1], "b": 2}', "feature 'a' is not a number but array", J, "a"),
+        (b'{"a": NaN, "b": 2}', "invalid JSON", B, None),
+        (b'{"a": Infinity, "b": 2}', "invalid JSON", B, None),
+        (b'{"a": 1e400, "b": 2}', "invalid JSON", B, None),
+        (
+            b'{"a": 1e39, "b": 2}',
+            "feature 'a' is not finite in float32",
+            ReasonCode.NOT_FINITE,
+            "a",
+        ),
+        (
+            b'{"a": 1, "b": 2, "pad": "' + b"x" * 2000 + b'"}',
+            "exceeds the limit of 1000",
+            ReasonCode.TOO_LARGE,
+            None,
+        ),
     ],
 )
-def test_each_bad_message_is_rejected_with_its_reason(value: bytes | None, reason: str) -> None:
+def test_each_bad_message_is_rejected_with_its_reason(
+    value: bytes | None, reason: str, code: ReasonCode, feature: str | None
+) -> None:
+    """Each with its code and the feature concerned, beside the reason in words: a subscriber had
+    only the words, with the values inside them, to tell kinds apart."""
     out = decode([b'{"a": 1, "b": 2}', value, b'{"a": 3, "b": 4}'])
     assert out.valid.tolist() == [0, 2]
     assert len(out.rejected) == 1
     index, got = out.rejected[0]
     assert index == 1
-    assert reason in got
+    assert reason in got.reason
+    assert (got.code, got.feature) == (code, feature)
 
 
 def test_single_feature_rows_are_tuples() -> None:

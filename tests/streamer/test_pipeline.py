@@ -12,15 +12,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 
 import streamer.pipeline
 from streamer.alerts import (
     MAX_ECHO_CHARS,
     MAX_KEY_BYTES,
+    RECORDS,
     Alert,
     DeadLetter,
+    ReasonCode,
+    bound_key,
     json_schema,
     json_schemas,
+    key_text,
     shrink,
 )
 from streamer.cli import main
@@ -220,6 +225,41 @@ def test_non_finite_scores_are_dead_lettered_not_thresholded() -> None:
     assert result.valid.tolist() == [1]
     assert "not finite" in DeadLetter.model_validate_json(result.dead_letters[0][1]).reason
     assert np.isfinite(result.thresholds).all()
+
+
+def test_every_kind_of_bad_input_is_dead_lettered_with_its_code() -> None:
+    """Dead letters said why only in words, with the values inside them ("feature 'y' is not a
+    number but null"); each now has a code from a closed set, and the feature where there is one.
+    Every code the pipeline core gives is here (``unreadable`` comes from the runner alone)."""
+
+    class Overflowing(SquareScorer):
+        def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            s, e = super().score(x)
+            s[x[:, 0] == 7] = np.inf
+            return s, e
+
+    bad = {
+        ReasonCode.EMPTY: (b"", None),
+        ReasonCode.TOO_LARGE: (b'{"x": 1, "y": 1, "z": 1, "pad": "' + b"p" * 200 + b'"}', None),
+        ReasonCode.INVALID_UTF8: (b'{"x": 1, "y": 1, "z": "\xff"}', None),
+        ReasonCode.INVALID_JSON: (b'{"x": NaN, "y": 1, "z": 1}', None),
+        ReasonCode.NOT_OBJECT: (b"[1, 2, 3]", None),
+        ReasonCode.MISSING_FEATURE: (b'{"x": 1, "z": 1}', "y"),
+        ReasonCode.NOT_NUMBER: (b'{"x": 1, "y": null, "z": 1}', "y"),
+        ReasonCode.NOT_FINITE: (b'{"x": 1, "y": 1, "z": 1e39}', "z"),
+        ReasonCode.SCORE_NOT_FINITE: (b'{"x": 7, "y": 1, "z": 1}', None),
+    }
+    assert set(bad) == set(ReasonCode) - {ReasonCode.UNREADABLE}
+    good = message(0, {"x": 0.1, "y": 0.1, "z": 0.1})
+    batch = [good] + [message(i + 1, {}, raw=raw) for i, (raw, _) in enumerate(bad.values())]
+    result = make(Overflowing(), max_message_bytes=100).process_messages(batch)
+    assert result.valid.tolist() == [0]
+    letters = [DeadLetter.model_validate_json(v) for _, v in result.dead_letters]
+    assert [(d.reason_code, d.feature) for d in letters] == list(
+        zip(bad, [f for _, f in bad.values()], strict=True)
+    )
+    assert letters[6].reason == "feature 'y' is not a number but null"  # the words as they were
+    assert all(orjson.loads(v)["reason_code"] in set(ReasonCode) for _, v in result.dead_letters)
 
 
 def test_windowed_scorer_gets_each_entitys_window() -> None:
@@ -526,6 +566,56 @@ def test_kafka_keys_that_are_not_utf8_stay_distinct_entities_in_alerts() -> None
     assert DeadLetter.model_validate_json(result.dead_letters[0][1]).key == "base64:/wAB"
 
 
+_LONG = b"k" * 2_000
+_LONG_DIGEST = b"sha256:" + hashlib.sha256(_LONG).hexdigest().encode()
+
+
+def test_no_two_kafka_keys_share_a_published_key() -> None:
+    """b'\\xff' and the text key 'base64:/w==' were both published as 'base64:/w==', and the text key
+    'sha256:<hex>' as a long key's digest (one entity too in the cooldown, windows and gate). A key
+    that begins with a reserved prefix is now encoded; every ordinary key is as it was."""
+    keys = [b"\xff", b"base64:/w==", _LONG, _LONG_DIGEST, b"sha256:", b"sensor-03", "é".encode()]
+    texts = [key_text(k) for k in keys]
+    assert len(set(texts)) == len(keys)
+    assert texts[0] == "base64:/w==" and texts[2] == _LONG_DIGEST.decode()
+    assert texts[5:] == ["sensor-03", "é"]  # ordinary keys unchanged
+    assert [bound_key(k) for k in (b"sensor-03", b"base64", b"x-sha256:1")] == [
+        b"sensor-03",
+        b"base64",
+        b"x-sha256:1",
+    ]
+    # through the pipeline, with the cooldown on: four entities, four alerts, four keys
+    batch = [message(i, {"x": 50.0, "y": 0, "z": 0}, key=k) for i, k in enumerate(keys[:4])]
+    result = make(alert_gate_z=0).process_messages(batch)
+    alerts = [Alert.model_validate_json(v) for _, v in result.alerts]
+    assert [a.key for a in alerts] == texts[:4]
+    assert len({k for k, _ in result.alerts}) == 4  # their Kafka keys are distinct too
+
+
+@pytest.mark.parametrize("key_field", ["id", None])
+def test_a_key_that_looks_like_a_digest_is_another_entity(key_field: str | None) -> None:
+    """A key field (or Kafka key) 'sha256:<hex of a long key>' shared the long key's state: with the
+    cooldown on, the second alert was muted as the same entity's, under the same key."""
+    long_id, digest = _LONG.decode(), _LONG_DIGEST.decode()
+    ids = [long_id, digest, "base64:" + base64.b64encode(b"\x01").decode(), "plain"]
+    batch = [
+        message(
+            i, {"x": 50.0, "y": 0, "z": 0, "id": v}, key=v.encode() if key_field is None else b"k"
+        )
+        for i, v in enumerate(ids)
+    ]
+    result = make(key_field=key_field, alert_gate_z=0).process_messages(batch)
+    alerted = [Alert.model_validate_json(v).key for _, v in result.alerts]
+    assert len(alerted) == 4 and len(set(alerted)) == 4
+    assert alerted[0] == digest and alerted[3] == "plain"
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"", b"base64:", b"sha256:"]), st.binary(max_size=12))))
+def test_key_text_tells_any_two_keys_apart(parts: list[tuple[bytes, bytes]]) -> None:
+    keys = {prefix + rest for prefix, rest in parts}
+    assert len({key_text(k) for k in keys}) == len(keys)
+
+
 def _nested(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 
@@ -708,6 +798,7 @@ def test_the_document_is_one_schema_that_holds_every_record_kind() -> None:
     for record in alerts + dead:
         validator.validate(record)
     score = {
+        "schema_version": 1,
         "topic": "in",
         "partition": 0,
         "offset": 3,
@@ -716,8 +807,33 @@ def test_the_document_is_one_schema_that_holds_every_record_kind() -> None:
         "alert": False,
     }
     validator.validate(score)
-    for wrong in ({"not": "an alert"}, {**alerts[0], "score": "high"}, {**score, "extra": 1}):
+    for wrong in ({"not": "an alert"}, {**alerts[0], "score": "high"}, {**score, "alert": 1}):
         assert not validator.is_valid(wrong)
+
+
+@pytest.mark.parametrize("kind", ["alert", "dead_letter", "score"])
+def test_the_published_schema_takes_fields_added_later_and_requires_the_version(kind: str) -> None:
+    """The schemas said additionalProperties: false, so a subscriber validating with them would have
+    refused every record once a field was added (as reason_code was); schema_version was not
+    required, and score records had none. Records are still built strictly."""
+    alerts, dead = _schema_records()
+    score = {"schema_version": 1, "topic": "in", "partition": 0, "offset": 3, "score": 0.5}
+    record = {
+        "alert": alerts[0],
+        "dead_letter": dead[0],
+        "score": {**score, "threshold": None, "alert": False},
+    }[kind]
+    model = RECORDS[kind]
+    for schema in (json_schema(kind), json_schemas()):
+        validator = Draft202012Validator(schema)
+        assert validator.is_valid({**record, "added_later": [1]})
+        if "source" in record:
+            assert validator.is_valid({**record, "source": {**record["source"], "added_later": 1}})
+        assert not validator.is_valid({k: v for k, v in record.items() if k != "schema_version"})
+        assert not validator.is_valid({**record, "schema_version": 2})
+    assert model.model_validate(record).schema_version == 1
+    with pytest.raises(ValidationError, match="added_later"):
+        model.model_validate({**record, "added_later": 1})
 
 
 @pytest.mark.parametrize("kind", ["alert", "dead_letter", "score"])

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, Message
 
-from streamer.alerts import Alert, DeadLetter
+from streamer.alerts import Alert, DeadLetter, ReasonCode
 from streamer.broker import create_topics
 from streamer.config import load_settings
 from streamer.errors import ConfigError, DeliveryError
@@ -209,6 +209,19 @@ def test_score_records_validate_against_their_schema() -> None:
     validator = Draft202012Validator(json_schema("score"))
     for record in scores:
         validator.validate(record)
+        assert record["schema_version"] == 1  # score records had no version
+
+
+def test_an_unreadable_record_is_dead_lettered_with_its_code() -> None:
+    """The runner's own dead letter (a record whose batch the consumer could not read) has a code
+    too, and no bytes: there were none to keep."""
+    d, _ = detector(limit=10**9)
+    error = KafkaError(KafkaError._BAD_COMPRESSION)
+    letter = DeadLetter.model_validate_json(
+        d._unreadable_letter(Message(topic="in", partition=1, offset=7, error=error))
+    )
+    assert letter.reason_code == ReasonCode.UNREADABLE and letter.feature is None
+    assert "_BAD_COMPRESSION" in letter.reason and letter.original_size == 0
 
 
 def test_an_offset_that_goes_back_is_committed_as_it_is() -> None:
