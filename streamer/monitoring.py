@@ -22,6 +22,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamer.alerts import ReasonCode
+
 HEARTBEAT = "ae_streamer_loop_heartbeat_timestamp_seconds"
 # The most of a metrics page `streamer health` reads (a detector's is a few kB).
 MAX_PAGE_BYTES = 1 << 20
@@ -39,8 +41,13 @@ class RunMetrics:
         self.scored = Counter("ae_streamer_scored_events", "Input events scored", registry=r)
         self.alerts = Counter("ae_streamer_alerts", "Alerts published", registry=r)
         self.dead_letters = Counter(
-            "ae_streamer_dead_letters", "Input events dead-lettered", registry=r
+            "ae_streamer_dead_letters",
+            "Input events dead-lettered, by reason_code (a closed set: streamer.alerts.ReasonCode)",
+            ["reason_code"],
+            registry=r,
         )
+        for code in ReasonCode:  # every series from the start, so that rate() sees the first one
+            self.dead_letters.labels(code.value)
         self.batches = Counter("ae_streamer_batches", "Micro-batches processed", registry=r)
         self.batch_seconds = Histogram(
             "ae_streamer_batch_duration_seconds",

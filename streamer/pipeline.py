@@ -111,6 +111,7 @@ class BatchResult:
     alerts: list[tuple[bytes | None, bytes]]  # (Kafka key, alert JSON), one per published row
     dead_letters: list[tuple[bytes | None, bytes]]  # (Kafka key, dead-letter JSON)
     dead_index: list[int] = field(default_factory=list)  # batch index of each dead letter
+    dead_codes: list[str] = field(default_factory=list)  # reason_code of each dead letter
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
@@ -532,6 +533,7 @@ class Pipeline:
             alerts=alerts,
             dead_letters=dead,
             dead_index=[i for i, _ in rejected],
+            dead_codes=[str(why.code) for _, why in rejected],
             timings=timings,
         )
 

@@ -21,6 +21,7 @@ import gc
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -548,7 +549,10 @@ class Detector:
         metrics.events.inc(len(batch))
         metrics.scored.inc(len(result.scores))
         metrics.alerts.inc(n_alerts)
-        metrics.dead_letters.inc(n_dead)
+        for code, count in Counter(
+            [*result.dead_codes, *[ReasonCode.UNREADABLE] * len(unreadable)]
+        ).items():
+            metrics.dead_letters.labels(code).inc(count)
         metrics.batch_seconds.observe(t3 - t0)
         metrics.threshold.set(self.pipeline.threshold.get())
         stats.add_stage("produce", t2 - t1)

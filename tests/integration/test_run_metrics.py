@@ -41,7 +41,8 @@ def test_the_counters_match_what_the_detector_consumed(kit) -> None:
     assert stats.events == 64
     assert value("ae_streamer_events_total") == 64
     assert value("ae_streamer_scored_events_total") == 60
-    assert value("ae_streamer_dead_letters_total") == 4
+    assert value("ae_streamer_dead_letters_total", {"reason_code": "invalid_json"}) == 4
+    assert value("ae_streamer_dead_letters_total", {"reason_code": "missing_feature"}) == 0
     assert value("ae_streamer_alerts_total") == stats.alerts
     assert value("ae_streamer_batches_total") == stats.batches >= 1
     assert value("ae_streamer_batch_duration_seconds_count") == stats.batches
