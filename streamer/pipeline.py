@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +55,9 @@ MAX_WINDOW_ENTITIES = 100_000
 # A windowed model's inputs are built and scored this many bytes of windows at a time: a batch of
 # 5,000 events at window 256 and 256 features is 1.3 GB at once.
 WINDOW_CHUNK_BYTES = 256 * 2**20
+# The last batch's last this many messages are kept (by reference), so that a model swap can check the
+# new model's features against what the stream carries now (Pipeline.swap_model).
+RECENT_SAMPLE = 64
 
 
 class ScorerLike(Protocol):
@@ -335,6 +339,7 @@ class Pipeline:
             events.cooldown_s(scorer.window, len(scorer.features)), events.alert_escalation
         )
         self._future_warned_at = -_FUTURE_WARNING_EVERY_S
+        self._recent: list[bytes | None] = []
         self.gate = self._new_gate(scorer)
         self.decoder = self._new_decoder(scorer, self.gate)
         self._windows = self._new_windows(scorer)
@@ -349,7 +354,10 @@ class Pipeline:
         scaler is unchanged too (else the history starts again).
         Everything the new model needs is built, and one all-zero input scored (it must give one
         finite score), before anything is switched: if any of it fails, the exception leaves the
-        running model and its state as they were.
+        running model and its state as they were. A model of other features must also be able to
+        read the stream: of the last batch's last ``RECENT_SAMPLE`` messages, it must decode at
+        least half as many as the running model does (a model that needs a field the events do not
+        carry would dead-letter every event from the swap on).
         """
         same_inputs = (
             scorer.features == self.scorer.features and scorer.window == self.scorer.window
@@ -357,6 +365,8 @@ class Pipeline:
         threshold = self._new_threshold(scorer)
         gate = self._new_gate(scorer)
         decoder = self._new_decoder(scorer, gate)
+        if scorer.features != self.scorer.features:
+            self._check_fit(decoder)
         windows = self._windows if same_inputs else self._new_windows(scorer)
         novelty = (
             self._novelty
@@ -376,6 +386,22 @@ class Pipeline:
         self.scorer, self.threshold, self.gate, self.decoder = scorer, threshold, gate, decoder
         self._windows, self._novelty = windows, novelty
         self.cooldown.set_period(self.events.cooldown_s(scorer.window, len(scorer.features)))
+
+    def _check_fit(self, decoder: Decoder) -> None:
+        """Raise if ``decoder`` (a new model's) reads under half of what the running one reads of the
+        recent messages."""
+        if not self._recent:
+            return
+        now = len(self.decoder.decode(self._recent).valid)
+        new = decoder.decode(self._recent)
+        if 2 * len(new.valid) >= now:
+            return
+        reasons = Counter(why.reason for _, why in new.rejected).most_common(3)
+        raise ValueError(
+            f"the new model's features do not fit the stream: of the last {len(self._recent)} "
+            f"events, the running model reads {now} and the new one would read {len(new.valid)} "
+            f"({'; '.join(f'{n} x {reason}' for reason, n in reasons)})"
+        )
 
     def _seed_scores(self, scorer: ScorerLike) -> np.ndarray:
         """The held-back scores on the pipeline's scale: their roots where novelty weighs scores
@@ -472,6 +498,8 @@ class Pipeline:
         message's Kafka key at once: the entities of a windowed model when events carry no key field.
         """
         timings: dict[str, float] = {}
+        if values:
+            self._recent = list(values[-RECENT_SAMPLE:])
         if message_keys is not None:
             message_keys = cache(message_keys)  # one list of keys for the batch, sliced per chunk
         submit = _async_submit(self.scorer)

@@ -287,6 +287,30 @@ def test_swap_model_resets_threshold_and_keeps_windows_when_inputs_match() -> No
     assert Alert.model_validate_json(alerts[0][1]).model.version == "v2"
 
 
+class _OtherFeatures(SquareScorer):
+    features = ("x", "y", "w")
+
+
+def test_a_model_whose_features_the_stream_lacks_is_refused_and_one_that_fits_is_not() -> None:
+    """A swap to a model needing field w, which the events do not carry, would dead-letter every event
+    from then on: it is refused, and the running model goes on; once the events carry w, it fits."""
+    pipeline = make(alert_gate_z=0)
+    old = pipeline.scorer
+    pipeline.process_messages([message(i, {"x": 0.1, "y": 0.2, "z": 0.3}) for i in range(100)])
+    new = _OtherFeatures(version="v2")
+    with pytest.raises(
+        ValueError, match=r"reads 64 and the new one would read 0 \(64 x missing feature 'w'\)"
+    ):
+        pipeline.swap_model(new)
+    assert pipeline.scorer is old
+    result = pipeline.process_messages([message(100, {"x": 0.1, "y": 0.2, "z": 0.3})])
+    assert len(result.scores) == 1 and not result.dead_letters  # still scoring
+    events = [message(101 + i, {"x": 0.1, "y": 0.2, "z": 0.3, "w": 0.0}) for i in range(10)]
+    pipeline.process_messages(events)
+    pipeline.swap_model(new)
+    assert pipeline.scorer is new
+
+
 def test_empty_batch() -> None:
     result = make().process_messages([])
     assert result.n_messages == 0 and not result.alerts and not result.dead_letters
