@@ -8,7 +8,7 @@ when ``metrics.port`` is set. No label takes values from the input: entity keys 
 values, so the number of series stays bounded whatever the stream holds.
 
 ``ae_streamer_loop_heartbeat_timestamp_seconds`` is set on every turn of the loop (at most about
-every 0.5 s while idle, and every 30 s while it waits for the broker to acknowledge output), so its age
+every 0.5 s while idle, and every second while it waits for the broker to acknowledge output), so its age
 tells a live loop from a stuck one: ``streamer health`` exits 1 when it is older than ``--max-age-s``.
 """
 

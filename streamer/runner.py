@@ -52,6 +52,10 @@ from streamer.reload import RETRY_REFUSED_S, ModelWatcher
 log = structlog.get_logger(__name__)
 
 _POLL_S = 0.5  # longest a loop turn waits for input, so stop requests are served promptly
+# Waiting for output to be acknowledged goes in steps this long (a second stop signal is seen between
+# two), with a warning every _FLUSH_WARN_S.
+_FLUSH_STEP_S = 1.0
+_FLUSH_WARN_S = 30.0
 # The longest each broker query that pins a "latest" start may take (Detector._pin_latest).
 _PIN_TIMEOUT_S = 10.0
 # A record over the producer's message.max.bytes, or over a topic's max.message.bytes on the broker.
@@ -173,6 +177,7 @@ class Detector:
         self.metrics = RunMetrics()
         self._show_model(scorer)
         self._stop = threading.Event()
+        self._abort = threading.Event()  # a second stop request: stop waiting for output
         self._delivery_errors: list[str] = []
         # records a topic refused as too large, sent again by _resend_smaller
         self._too_large: list[tuple[str, bytes | None, bytes]] = []
@@ -218,7 +223,13 @@ class Detector:
         )
 
     def stop(self) -> None:
-        """Ask the loop to finish its current batch, commit and close (safe from signal handlers)."""
+        """Ask the loop to finish its current batch, commit and close (safe from signal handlers).
+
+        Asked again while stopping, it stops waiting for the broker to acknowledge output: the batch
+        being published is then not committed (it is read again after a restart), and the loop ends
+        with a DeliveryError at once rather than after up to ``message.timeout.ms``."""
+        if self._stop.is_set():
+            self._abort.set()
         self._stop.set()
 
     # -- Kafka callbacks -------------------------------------------------------------------------
@@ -641,14 +652,22 @@ class Detector:
         """Wait until every record produced is acknowledged or failed (a broker's leader election can
         take longer than a batch); librdkafka settles each within ``message.timeout.ms``."""
         wait_s = self._delivery_timeout_s + FLUSH_SLACK_MS / 1000
-        deadline = time.monotonic() + wait_s
+        warned = time.monotonic()
+        deadline = warned + wait_s
         # Never past the deadline: the settings keep it below max.poll.interval.ms (streamer.config).
-        remaining = self.producer.flush(min(30.0, wait_s))
-        while remaining and (left := deadline - time.monotonic()) > 0:
+        remaining = self.producer.flush(min(_FLUSH_STEP_S, wait_s))
+        while remaining and (left := deadline - (now := time.monotonic())) > 0:
             self.metrics.beat()  # waiting for the broker, not stuck
             self._check_client()
-            log.warning("output_not_acknowledged_yet", records=remaining)
-            remaining = self.producer.flush(min(30.0, left))
+            if self._abort.is_set():
+                raise DeliveryError(
+                    f"stopped again while {remaining} alerts/dead letters were not acknowledged: "
+                    "their batch is not committed, and is read again after a restart"
+                )
+            if now - warned >= _FLUSH_WARN_S:
+                warned = now
+                log.warning("output_not_acknowledged_yet", records=remaining)
+            remaining = self.producer.flush(min(_FLUSH_STEP_S, left))
         if remaining:
             raise DeliveryError(
                 f"{remaining} alerts/dead letters not acknowledged within {wait_s:g} s"
@@ -768,7 +787,8 @@ class Detector:
     def _shutdown(self, failed: bool) -> None:
         """Flush, commit what was processed and acknowledged, close. After a failure, commit nothing new."""
         try:
-            self.producer.flush(10.0)
+            if not self._abort.is_set():
+                self.producer.flush(10.0)
             if not failed:
                 self._commit(self.offsets.uncommitted(), asynchronous=False)
                 if self._first_input is not None:
@@ -786,7 +806,8 @@ class Detector:
 
 @contextmanager
 def stop_on_signals(detector: Detector) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the detector to stop cleanly: finish the batch, flush, commit, close."""
+    """SIGINT/SIGTERM ask the detector to stop cleanly: finish the batch, flush, commit, close; a
+    second one stops it waiting for the broker to acknowledge output (``Detector.stop``)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

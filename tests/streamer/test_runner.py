@@ -7,6 +7,7 @@ librdkafka reports at delivery, is played here by a fake producer; the producer-
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -190,7 +191,8 @@ def test_the_wait_for_output_never_runs_past_its_deadline(monkeypatch: pytest.Mo
     d._delivery_timeout_s = 45.0  # waits 45 + 10 s at most
     with pytest.raises(DeliveryError, match="within 55 s"):
         d._process(batch())
-    assert asked[:2] == [30.0, 25.0] and clock[0] - 1_000.0 <= 55.0
+    # in steps of at most a second (so that a second stop request is seen), the last one cut short
+    assert max(asked) == 1.0 and clock[0] - 1_000.0 == pytest.approx(55.0)
 
 
 def test_score_records_validate_against_their_schema() -> None:
@@ -306,3 +308,44 @@ def test_idle_exit_before_any_assignment_is_an_error_not_a_drained_topic(
     monkeypatch.setattr(d, "_idle_s", lambda last_input: 10**6)  # past any wait at once
     with pytest.raises(BrokerError, match=r"no partition of \['events'\] was assigned"):
         d.run(idle_exit_s=1)
+
+
+class SilentProducer(RefusingProducer):
+    """A broker that never answers: every flush waits its whole timeout and leaves one record."""
+
+    def flush(self, timeout: float) -> int:
+        time.sleep(timeout)
+        return 1
+
+
+def _flush_in_thread(d: Detector) -> tuple[threading.Thread, list[BaseException]]:
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            d._flush()
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, raised
+
+
+def test_a_second_stop_ends_the_wait_for_output_and_a_first_does_not() -> None:
+    """With the broker gone, the wait for a batch's output lasts up to message.timeout.ms + 10 s (130 s
+    by default), longer than a container's stop grace period: a second signal ends it at once, as a
+    delivery error, so that the batch is not committed."""
+    d, _ = detector(limit=1 << 20)
+    d.producer = SilentProducer(1 << 20)  # type: ignore[assignment]
+    thread, raised = _flush_in_thread(d)
+    d.stop()  # the first: finish the batch, so keep waiting
+    thread.join(timeout=3)
+    assert thread.is_alive() and not raised
+    t0 = time.monotonic()
+    d.stop()  # the second
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "still waiting after the second stop"
+    assert time.monotonic() - t0 < 5
+    assert len(raised) == 1 and isinstance(raised[0], DeliveryError)
+    assert "not acknowledged" in str(raised[0]) and "read again" in str(raised[0])
