@@ -366,7 +366,11 @@ class Detector:
         dropped = self.batcher.discard(lambda m: (m.topic(), m.partition()) in lost)
         self.offsets.forget(partitions)
         self._forget_stalls(partitions)
-        log.warning("partitions_lost", partitions=sorted(lost), unprocessed_dropped=dropped)
+        log.warning(
+            "partitions_lost",
+            partitions=[f"{p.topic}[{p.partition}]" for p in partitions],
+            unprocessed_dropped=dropped,
+        )
 
     # -- the loop ----------------------------------------------------------------------------------
     def _fetch(self, count: int, timeout_s: float) -> list[KafkaMessage]:
