@@ -16,7 +16,7 @@ import hashlib
 import json
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,16 +34,27 @@ _RESERVED_BYTES = tuple(p.encode("ascii") for p in RESERVED_KEY_PREFIXES)
 MAX_ECHO_CHARS = 256
 
 
+def _open_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """A record's published schema: open to fields added later, and requiring only the fields its
+    version had from the start (records written before a field was added carry the same version)."""
+    schema["additionalProperties"] = True
+    added = getattr(model, "ADDED_WITHIN_VERSION", ())
+    if added and "required" in schema:
+        schema["required"] = [name for name in schema["required"] if name not in added]
+
+
 class _Record(BaseModel):
     # Strict where records are built, open where they are read: the schema's additionalProperties is
     # true, so a subscriber validating with it takes a field added later. Every field is written (none
-    # is left out for being at its default), so the serialization schema requires them all.
+    # is left out for being at its default), so the serialization schema requires them all, except
+    # those added within the current version (ADDED_WITHIN_VERSION), which older records lack.
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
-        json_schema_extra={"additionalProperties": True},
+        json_schema_extra=_open_schema,
         json_schema_serialization_defaults_required=True,
     )
+    ADDED_WITHIN_VERSION: ClassVar[tuple[str, ...]] = ()
 
 
 class Source(_Record):
@@ -137,9 +148,15 @@ class ReasonCode(StrEnum):
 class DeadLetter(_Record):
     """An input message that could not be scored, with the reason and the (bounded) original bytes."""
 
+    ADDED_WITHIN_VERSION = ("reason_code", "feature")
+
     schema_version: Literal[1] = 1
     reason: str = Field(description="why, for people: the code's meaning with the values concerned")
-    reason_code: ReasonCode = Field(description="why, as one of a closed set of codes")
+    reason_code: ReasonCode | None = Field(
+        default=None,
+        description="why, as one of a closed set of codes (always written; absent or null only in "
+        "dead letters written before codes were added)",
+    )
     feature: str | None = Field(
         default=None,
         description="the feature concerned (missing_feature, not_number, not_finite), else null",
@@ -261,6 +278,8 @@ def to_json(record: BaseModel) -> bytes:
 # the tests validate what it writes against this model's schema.
 class ScoreRecord(_Record):
     """One scored event on the optional scores topic; its Kafka key is the input message's Kafka key."""
+
+    ADDED_WITHIN_VERSION = ("schema_version",)
 
     schema_version: Literal[1] = 1
     topic: str

@@ -853,11 +853,30 @@ def test_the_published_schema_takes_fields_added_later_and_requires_the_version(
         assert validator.is_valid({**record, "added_later": [1]})
         if "source" in record:
             assert validator.is_valid({**record, "source": {**record["source"], "added_later": 1}})
-        assert not validator.is_valid({k: v for k, v in record.items() if k != "schema_version"})
+        without_version = {k: v for k, v in record.items() if k != "schema_version"}
+        # score records had no version before it was added: theirs is optional (absent means 1)
+        assert validator.is_valid(without_version) == (kind == "score")
         assert not validator.is_valid({**record, "schema_version": 2})
     assert model.model_validate(record).schema_version == 1
     with pytest.raises(ValidationError, match="added_later"):
         model.model_validate({**record, "added_later": 1})
+
+
+def test_records_written_before_fields_were_added_still_validate() -> None:
+    """Dead letters before reason_code and feature, and score records before schema_version, carry
+    version 1 too (or none): the published schema and the models must still take them."""
+    _, dead = _schema_records()
+    old_dead = {k: v for k, v in dead[0].items() if k not in ("reason_code", "feature")}
+    old_score = {"topic": "in", "partition": 0, "offset": 3, "score": 0.5, "threshold": None}
+    old_score["alert"] = False
+    for kind, record in (("dead_letter", old_dead), ("score", old_score)):
+        for schema in (json_schema(kind), json_schemas()):
+            errors = [e.message for e in Draft202012Validator(schema).iter_errors(record)]
+            assert not errors, (kind, errors)
+        assert RECORDS[kind].model_validate(record).schema_version == 1
+    assert DeadLetter.model_validate(old_dead).reason_code is None
+    # but what the detector writes now always has them
+    assert dead[0]["reason_code"] is not None and "feature" in dead[0]
 
 
 @pytest.mark.parametrize("kind", ["alert", "dead_letter", "score"])
