@@ -29,7 +29,7 @@ MAX_KEY_BYTES = 1_024
 # The prefixes of keys that stand for others (a digest, an encoding): a key that begins with one itself
 # is published encoded (``bound_key``), so that no key is published as another key's form.
 RESERVED_KEY_PREFIXES = ("base64:", "sha256:")
-_RESERVED_BYTES = tuple(p.encode("ascii") for p in RESERVED_KEY_PREFIXES)
+RESERVED_KEY_BYTES = tuple(p.encode("ascii") for p in RESERVED_KEY_PREFIXES)
 # Strings echoed from an event (its time field) are cut at this many characters.
 MAX_ECHO_CHARS = 256
 
@@ -188,7 +188,7 @@ def bound_key(key: bytes | None) -> bytes | None:
         return None
     if len(key) > MAX_KEY_BYTES:
         return b"sha256:" + hashlib.sha256(key).hexdigest().encode("ascii")
-    if key.startswith(_RESERVED_BYTES):
+    if key.startswith(RESERVED_KEY_BYTES):
         return b"base64:" + base64.b64encode(key)
     return key
 

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from models.errors import ModelError
 from streamer.args import ALERT_CAP_HELP, non_negative_float, positive_int, seed
 from streamer.errors import StreamerError
 
@@ -323,21 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=positive_int, default=3, help="partitions of each topic")
     p.set_defaults(func=cmd_broker)
 
-    p = sub.add_parser(
-        "health", help="exit 0 if a running detector's loop went round lately (its metrics page)"
-    )
-    p.add_argument(
-        "--url",
-        default="http://127.0.0.1:9464/metrics",
-        help="the detector's metrics page (run with --metrics-port; default %(default)s)",
-    )
-    p.add_argument(
-        "--max-age-s",
-        type=non_negative_float,
-        default=90.0,
-        help="the longest since the loop's last turn that is still healthy (default %(default)s)",
-    )
-    p.set_defaults(func=cmd_health)
+    _add_health(sub)
 
     from streamer import bench, evaluate, latent
 
@@ -359,8 +344,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_health(sub: Any) -> None:
+    p = sub.add_parser(
+        "health", help="exit 0 if a running detector's loop went round lately (its metrics page)"
+    )
+    p.add_argument(
+        "--url",
+        default="http://127.0.0.1:9464/metrics",
+        help="the detector's metrics page (run with --metrics-port; default %(default)s)",
+    )
+    p.add_argument(
+        "--max-age-s",
+        type=non_negative_float,
+        default=90.0,
+        help="the longest since the loop's last turn that is still healthy (default %(default)s)",
+    )
+    p.set_defaults(func=cmd_health)
+
+
+def _health_parser() -> argparse.ArgumentParser:
+    """The parser of ``health`` alone: a check run every few seconds must not import torch (the full
+    parser does, through the commands that register themselves: 3 s and 300 MB a check)."""
+    parser = argparse.ArgumentParser(prog="streamer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_health(sub)
+    return parser
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """The errors a command reports in one line (OSError: a path, a folder); ModelError only where
+    ``models`` was imported (importing it imports torch, which ``health`` must not)."""
+    errors = sys.modules.get("models.errors")
+    model_error: tuple[type[Exception], ...] = (errors.ModelError,) if errors else ()
+    return (StreamerError, ValueError, OSError, *model_error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    light = bool(argv) and argv[0] == "health"
+    args = (_health_parser() if light else build_parser()).parse_args(argv)
     from streamer.logs import configure_logging
 
     # Log lines go to stderr, never into a command's output on stdout (`train ... | jq`); `run`, `bench`,
@@ -368,7 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("INFO")
     try:
         return int(args.func(args))
-    except (StreamerError, ModelError, ValueError, OSError) as exc:  # OSError: a path, a folder
+    except Exception as exc:
+        if not isinstance(exc, _expected_errors()):
+            raise
         from streamer.logs import json_lines
 
         if args.command == "run" and json_lines():  # the service's log is read by machines

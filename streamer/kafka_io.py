@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
 import structlog
@@ -26,8 +28,16 @@ _QUOTED_VALUE = re.compile(
 
 
 def client(cls: Callable[[dict[str, Any]], C], config: dict[str, Any]) -> C:
-    """A librdkafka client (Consumer, Producer); a rejected setting is a ConfigError that names the
-    property without its value (``kafka.extra`` values are secrets, and librdkafka quotes them)."""
+    """A librdkafka client (Consumer, Producer, AdminClient) whose log lines go through structlog
+    (``client_logger``) unless ``config`` names a ``logger``; a rejected setting is a ConfigError that
+    names the property without its value (``kafka.extra`` values are secrets, and librdkafka quotes
+    them)."""
+    if "logger" not in config:
+        # with librdkafka's debug contexts on, every line is wanted (at log.level DEBUG)
+        config = {
+            **config,
+            "logger": client_logger(0.0 if "debug" in config else CLIENT_LOG_EVERY_S),
+        }
     try:
         return cls(config)
     except KafkaException as exc:
@@ -48,33 +58,50 @@ REFUSED = frozenset(
     }
 )
 
+# Of those, the failed handshakes: a broker's TLS or SASL may fail for a while and pass (a rolling
+# restart, a certificate rotation), so the detector stops with them only when they last.
+MAY_PASS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
+
 # librdkafka repeats the line of a failing connection many times a second (about 20 with the broker
-# down): each facility's lines are logged at most once per this many seconds, with a count of the rest.
+# down): each distinct line (its numbers aside) is logged at most once per this many seconds, the next
+# time with a count of the repeats not logged.
 CLIENT_LOG_EVERY_S = 30.0
+# Distinct lines (and error codes) the rate limit remembers; the least recently seen go first.
+_RATE_KEYS = 512
+# Numbers in a librdkafka line (addresses, ports, durations, counts): a line differing only in them is
+# a repeat.
+_NUMBERS = re.compile(r"\d+")
 
 
 class RateLimit:
-    """At most one event per key every ``every_s`` seconds; ``allow`` says how many were held back
-    since the last one let through (None: hold this one back too)."""
+    """At most one event per key every ``every_s`` seconds (0: every event), for at most ``max_keys``
+    keys (the least recently seen forgotten first)."""
 
-    def __init__(self, every_s: float) -> None:
-        self.every_s = every_s
-        self._last: dict[Any, float] = {}
-        self._held: dict[Any, int] = {}
+    def __init__(self, every_s: float, max_keys: int = _RATE_KEYS) -> None:
+        if every_s < 0 or max_keys < 1:
+            raise ValueError(f"every_s must be >= 0 and max_keys >= 1, got {every_s}, {max_keys}")
+        self.every_s, self.max_keys = every_s, max_keys
+        self._seen: OrderedDict[Hashable, tuple[float, int]] = (
+            OrderedDict()
+        )  # last let through, held
 
-    def allow(self, key: Any) -> int | None:
+    def allow(self, key: Hashable) -> dict[str, int] | None:
+        """None to hold this event back; else the fields to log with it: how many were held back
+        since the last one let through (``repeats_not_logged``), when any were."""
         now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.every_s:
-            self._held[key] = self._held.get(key, 0) + 1
+        last, held = self._seen.pop(key, (-math.inf, 0))
+        if now - last < self.every_s:
+            self._seen[key] = (last, held + 1)
             return None
-        self._last[key] = now
-        return self._held.pop(key, 0)
+        self._seen[key] = (now, 0)
+        while len(self._seen) > self.max_keys:
+            self._seen.popitem(last=False)
+        return {"repeats_not_logged": held} if held else {}
 
 
 class _ToStructlog(logging.Handler):
     """librdkafka's log lines (``logger`` client property: facility, client name, text) as structlog
-    events, so that a JSON log stays JSON; rate-limited per facility and level."""
+    events, so that a JSON log stays JSON; each distinct line rate-limited (``RateLimit``)."""
 
     def __init__(self, every_s: float) -> None:
         super().__init__(logging.DEBUG)
@@ -86,10 +113,9 @@ class _ToStructlog(logging.Handler):
             facility, name, text = (str(a) for a in args)
         else:
             facility, name, text = "", "", record.getMessage()
-        held = self.limit.allow((facility, record.levelno))
-        if held is None:
+        extra = self.limit.allow((record.levelno, facility, _NUMBERS.sub("#", text)))
+        if extra is None:
             return
-        extra = {"repeats_not_logged": held} if held else {}
         log.log(
             record.levelno,
             "kafka_client_log",
@@ -142,7 +168,6 @@ def read_topic_records(
             "enable.auto.commit": False,
             "enable.partition.eof": False,
             "error_cb": client_errors.append,
-            "logger": client_logger(),
         },
     )
     try:

@@ -14,8 +14,8 @@ tells a live loop from a stuck one: ``streamer health`` exits 1 when it is older
 
 from __future__ import annotations
 
+import http.client
 import time
-import urllib.error
 import urllib.request
 from wsgiref.simple_server import WSGIServer
 
@@ -119,7 +119,7 @@ def health(url: str, max_age_s: float) -> tuple[bool, str]:
     """Whether the detector at ``url`` is alive (its loop went round within ``max_age_s``), and why."""
     try:
         age = heartbeat_age_s(url)
-    except (OSError, ValueError, urllib.error.URLError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError is an OSError
         return False, f"unhealthy: {exc}"
     if age > max_age_s:
         return False, f"unhealthy: the loop last went round {age:.0f} s ago (limit {max_age_s:g} s)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +25,7 @@ from pydantic_core import PydanticSerializationError
 from streamer.alerts import (
     MAX_ECHO_CHARS,
     MAX_KEY_BYTES,
+    RESERVED_KEY_BYTES,
     RESERVED_KEY_PREFIXES,
     Alert,
     FeatureContribution,
@@ -55,9 +56,11 @@ MAX_WINDOW_ENTITIES = 100_000
 # A windowed model's inputs are built and scored this many bytes of windows at a time: a batch of
 # 5,000 events at window 256 and 256 features is 1.3 GB at once.
 WINDOW_CHUNK_BYTES = 256 * 2**20
-# The last batch's last this many messages are kept (by reference), so that a model swap can check the
-# new model's features against what the stream carries now (Pipeline.swap_model).
+# The last this many messages are kept (by reference), so that a model swap can check the new model's
+# features against what the stream carries now (Pipeline.swap_model); with fewer than
+# RECENT_SAMPLE_MIN of them, the check does not judge.
 RECENT_SAMPLE = 64
+RECENT_SAMPLE_MIN = 16
 
 
 class ScorerLike(Protocol):
@@ -130,7 +133,6 @@ class _Alerting:
 
 
 _PLAIN_KEYS = frozenset({str, int})  # key field values used as they are (bool is not one)
-_RESERVED_BYTES = tuple(p.encode("ascii") for p in RESERVED_KEY_PREFIXES)
 # A str key of at most this many characters is at most MAX_KEY_BYTES in UTF-8 (4 bytes a character).
 _SHORT_KEY_CHARS = MAX_KEY_BYTES // 4
 
@@ -252,7 +254,7 @@ def _any_reserved(keys: list[Hashable]) -> bool:
         pass
     try:
         raw = b"\n".join(present)
-        return any(p in raw for p in _RESERVED_BYTES)
+        return any(p in raw for p in RESERVED_KEY_BYTES)
     except TypeError:
         pass
     if set(map(type, present)) <= {int}:
@@ -260,7 +262,7 @@ def _any_reserved(keys: list[Hashable]) -> bool:
     return any(
         k.startswith(RESERVED_KEY_PREFIXES)
         if type(k) is str
-        else type(k) is bytes and k.startswith(_RESERVED_BYTES)
+        else type(k) is bytes and k.startswith(RESERVED_KEY_BYTES)
         for k in present
     )
 
@@ -339,7 +341,7 @@ class Pipeline:
             events.cooldown_s(scorer.window, len(scorer.features)), events.alert_escalation
         )
         self._future_warned_at = -_FUTURE_WARNING_EVERY_S
-        self._recent: list[bytes | None] = []
+        self._recent: deque[bytes | None] = deque(maxlen=RECENT_SAMPLE)
         self.gate = self._new_gate(scorer)
         self.decoder = self._new_decoder(scorer, self.gate)
         self._windows = self._new_windows(scorer)
@@ -355,9 +357,10 @@ class Pipeline:
         Everything the new model needs is built, and one all-zero input scored (it must give one
         finite score), before anything is switched: if any of it fails, the exception leaves the
         running model and its state as they were. A model of other features must also be able to
-        read the stream: of the last batch's last ``RECENT_SAMPLE`` messages, it must decode at
-        least half as many as the running model does (a model that needs a field the events do not
-        carry would dead-letter every event from the swap on).
+        read the stream: of the last ``RECENT_SAMPLE`` messages (when there are at least
+        ``RECENT_SAMPLE_MIN``), it must decode at least half as many as the running model does (a
+        model that needs a field the events do not carry would dead-letter every event from the
+        swap on).
         """
         same_inputs = (
             scorer.features == self.scorer.features and scorer.window == self.scorer.window
@@ -390,15 +393,20 @@ class Pipeline:
     def _check_fit(self, decoder: Decoder) -> None:
         """Raise if ``decoder`` (a new model's) reads under half of what the running one reads of the
         recent messages."""
-        if not self._recent:
+        if len(self._recent) < RECENT_SAMPLE_MIN:
             return
-        now = len(self.decoder.decode(self._recent).valid)
-        new = decoder.decode(self._recent)
+        recent = list(self._recent)
+        now = len(self.decoder.decode(recent).valid)
+        new = decoder.decode(recent)
         if 2 * len(new.valid) >= now:
             return
-        reasons = Counter(why.reason for _, why in new.rejected).most_common(3)
+        # by code and feature: a reason's words may hold an event's values, which do not belong in
+        # the service's log
+        reasons = Counter(
+            f"{why.code}" + (f" {why.feature!r}" if why.feature else "") for _, why in new.rejected
+        ).most_common(3)
         raise ValueError(
-            f"the new model's features do not fit the stream: of the last {len(self._recent)} "
+            f"the new model's features do not fit the stream: of the last {len(recent)} "
             f"events, the running model reads {now} and the new one would read {len(new.valid)} "
             f"({'; '.join(f'{n} x {reason}' for reason, n in reasons)})"
         )
@@ -498,8 +506,7 @@ class Pipeline:
         message's Kafka key at once: the entities of a windowed model when events carry no key field.
         """
         timings: dict[str, float] = {}
-        if values:
-            self._recent = list(values[-RECENT_SAMPLE:])
+        self._recent.extend(values[-RECENT_SAMPLE:])
         if message_keys is not None:
             message_keys = cache(message_keys)  # one list of keys for the batch, sliced per chunk
         submit = _async_submit(self.scorer)

@@ -18,6 +18,7 @@ construction: their offsets were never committed, so the partition's new owner r
 from __future__ import annotations
 
 import gc
+import math
 import signal
 import threading
 import time
@@ -44,7 +45,7 @@ from streamer.alerts import SCHEMA_VERSION, ReasonCode, Source, bound_key, dead_
 from streamer.batching import MicroBatcher
 from streamer.config import FLUSH_SLACK_MS, Settings
 from streamer.errors import BrokerError, ConfigError, DeliveryError
-from streamer.kafka_io import CLIENT_LOG_EVERY_S, REFUSED, RateLimit, client, client_logger
+from streamer.kafka_io import CLIENT_LOG_EVERY_S, MAY_PASS, REFUSED, RateLimit, client
 from streamer.monitoring import RunMetrics
 from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
 from streamer.reload import RETRY_REFUSED_S, ModelWatcher
@@ -56,6 +57,9 @@ _POLL_S = 0.5  # longest a loop turn waits for input, so stop requests are serve
 # two), with a warning every _FLUSH_WARN_S.
 _FLUSH_STEP_S = 1.0
 _FLUSH_WARN_S = 30.0
+# A failed TLS or SASL handshake (MAY_PASS) stops the detector once they have come for this long with
+# no gap as long between two (librdkafka retries a connection at least every 10 s).
+REFUSAL_LASTS_S = 20.0
 # The longest each broker query that pins a "latest" start may take (Detector._pin_latest).
 _PIN_TIMEOUT_S = 10.0
 # A record over the producer's message.max.bytes, or over a topic's max.message.bytes on the broker.
@@ -176,8 +180,10 @@ class Detector:
         self.stats = RunStats()
         self.metrics = RunMetrics()
         self._show_model(scorer)
-        self._stop = threading.Event()
-        self._abort = threading.Event()  # a second stop request: stop waiting for output
+        # Stop requests, set by signal handlers: plain flags, as a handler that ran inside another's
+        # threading.Event.set() would wait for ever on the lock that one holds.
+        self._stopping = False
+        self._aborting = False  # a second stop request: stop waiting for output
         self._delivery_errors: list[str] = []
         # records a topic refused as too large, sent again by _resend_smaller
         self._too_large: list[tuple[str, bytes | None, bytes]] = []
@@ -185,8 +191,11 @@ class Detector:
         # stops with it (_check_client). Others, and librdkafka's own log lines, are logged as
         # structlog events at most every CLIENT_LOG_EVERY_S per kind.
         self._client_failure: KafkaError | None = None
+        # the first and the last of an unbroken run of handshake failures (MAY_PASS)
+        self._refused_since: float | None = None
+        self._refused_last = -math.inf
         self._client_errors = RateLimit(CLIENT_LOG_EVERY_S)
-        callbacks = {"error_cb": self._on_client_error, "logger": client_logger()}
+        callbacks = {"error_cb": self._on_client_error}  # and client()'s logger
         kafka = settings.kafka
         consumer_config = {
             **kafka.consumer_config(),
@@ -217,7 +226,7 @@ class Detector:
             self._fetch,
             settings.batch.max_events,
             settings.batch.max_wait_ms,
-            stopping=self._stop.is_set,
+            stopping=lambda: self._stopping,
             max_bytes=settings.batch.max_bytes,
             size=_value_bytes,
         )
@@ -228,22 +237,31 @@ class Detector:
         Asked again while stopping, it stops waiting for the broker to acknowledge output: the batch
         being published is then not committed (it is read again after a restart), and the loop ends
         with a DeliveryError at once rather than after up to ``message.timeout.ms``."""
-        if self._stop.is_set():
-            self._abort.set()
-        self._stop.set()
+        if self._stopping:
+            self._aborting = True
+        self._stopping = True
 
     # -- Kafka callbacks -------------------------------------------------------------------------
     def _on_client_error(self, err: KafkaError) -> None:
         """A client-wide error (served by consume, poll and flush, in the loop's thread)."""
         self.metrics.client_errors.labels(err.name()).inc()
-        if err.fatal() or err.code() in REFUSED:
-            if self._client_failure is None:
-                self._client_failure = err
+        code = err.code()
+        if code in MAY_PASS and code in REFUSED:
+            # a failed TLS or SASL handshake may be one broker's, for a while (a rolling restart,
+            # a certificate rotation): it stops the detector once it has lasted REFUSAL_LASTS_S
+            now = time.monotonic()
+            if self._refused_since is None or now - self._refused_last > REFUSAL_LASTS_S:
+                self._refused_since = now
+            self._refused_last = now
+            lasting = now - self._refused_since >= REFUSAL_LASTS_S
+        else:
+            lasting = code in REFUSED
+        if err.fatal() or lasting:
+            self._client_failure = self._client_failure or err
             return
-        held = self._client_errors.allow(err.code())
-        if held is None:
+        extra = self._client_errors.allow(err.code())
+        if extra is None:
             return
-        extra = {"repeats_not_logged": held} if held else {}
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             log.warning(
                 "broker_unreachable",
@@ -292,6 +310,7 @@ class Detector:
             self._assigned_at = time.monotonic()
             if self.settings.kafka.auto_offset_reset == "latest":
                 self._pin_latest(consumer, partitions)
+        self.metrics.beat()  # pinning "latest" starts may take a while
         log.info(
             "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions]
         )
@@ -385,9 +404,7 @@ class Detector:
             err = m.error()
             if err is None:
                 good.append(m)
-            elif err.fatal():
-                raise KafkaException(err)
-            elif err.code() in REFUSED:  # a topic or group ACL: stop, as for the client-wide ones
+            elif err.fatal() or err.code() in REFUSED:  # stop, as for the client-wide ones
                 self._client_failure = self._client_failure or err
             elif (
                 err.code() in _UNREADABLE
@@ -460,7 +477,7 @@ class Detector:
         failed = False
         try:
             self._serve_metrics()
-            while not self._stop.is_set():
+            while not self._stopping:
                 self.metrics.beat()
                 limit = None if max_events is None else max_events - self.stats.events
                 if limit is not None and limit <= 0:
@@ -663,9 +680,9 @@ class Detector:
         while remaining and (left := deadline - (now := time.monotonic())) > 0:
             self.metrics.beat()  # waiting for the broker, not stuck
             self._check_client()
-            if self._abort.is_set():
+            if self._aborting:
                 raise DeliveryError(
-                    f"stopped again while {remaining} alerts/dead letters were not acknowledged: "
+                    f"stopped again while {remaining} output records were not acknowledged: "
                     "their batch is not committed, and is read again after a restart"
                 )
             if now - warned >= _FLUSH_WARN_S:
@@ -791,7 +808,7 @@ class Detector:
     def _shutdown(self, failed: bool) -> None:
         """Flush, commit what was processed and acknowledged, close. After a failure, commit nothing new."""
         try:
-            if not self._abort.is_set():
+            if not self._aborting:
                 self.producer.flush(10.0)
             if not failed:
                 self._commit(self.offsets.uncommitted(), asynchronous=False)

@@ -605,15 +605,10 @@ def produce(
     if client is None:
         from confluent_kafka import Producer
 
-        from streamer.kafka_io import client_logger
+        from streamer.kafka_io import client as make_client
 
-        conf = {
-            **_PRODUCER_DEFAULTS,
-            "logger": client_logger(),  # librdkafka's lines as structlog events, rate-limited
-            **(producer_config or {}),
-            "bootstrap.servers": bootstrap,
-        }
-        client = Producer(conf)
+        conf = {**_PRODUCER_DEFAULTS, **(producer_config or {}), "bootstrap.servers": bootstrap}
+        client = make_client(Producer, conf)  # librdkafka's lines as structlog events, rate-limited
     end_offsets: dict[int, int] = {}
     errors: list[str] = []
     delivered = 0

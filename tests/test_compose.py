@@ -86,7 +86,8 @@ def test_detector_environment_is_valid_settings(
     assert args.command == "run"
     # the healthcheck reads the metrics the detector serves, on the port the compose file publishes
     assert settings.metrics.port == 9464 and settings.metrics.host == "0.0.0.0"
-    assert f"{settings.metrics.port}:{settings.metrics.port}" in detector["ports"]
+    # published on the host's loopback only, as the detector's own default is
+    assert f"127.0.0.1:{settings.metrics.port}:{settings.metrics.port}" in detector["ports"]
     check = detector["healthcheck"]["test"]
     assert check[:2] == ["CMD", "streamer"]
     health = build_parser().parse_args(check[2:])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -51,3 +54,35 @@ def test_each_detector_counts_in_its_own_registry() -> None:
     a.events.inc(5)
     assert a.registry.get_sample_value("ae_streamer_events_total") == 5
     assert b.registry.get_sample_value("ae_streamer_events_total") == 0
+
+
+def test_a_service_that_is_not_http_is_unhealthy_not_a_traceback() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"SSH-2.0-OpenSSH\r\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        ok, why = health(f"http://127.0.0.1:{port}/metrics", max_age_s=30)
+        thread.join(timeout=5)
+    assert not ok and why.startswith("unhealthy:"), why
+
+
+def test_health_does_not_import_torch() -> None:
+    """It runs every few seconds beside the detector: the full command line imports torch (3 s and
+    300 MB a check, which a container's memory limit or a 10 s timeout could turn into unhealthy)."""
+    code = (
+        "import sys; from streamer.cli import main; "
+        "rc = main(['health', '--url', 'http://127.0.0.1:9/metrics']); "
+        "assert rc == 1, rc; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("unhealthy:")

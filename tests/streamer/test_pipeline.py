@@ -299,16 +299,32 @@ def test_a_model_whose_features_the_stream_lacks_is_refused_and_one_that_fits_is
     pipeline.process_messages([message(i, {"x": 0.1, "y": 0.2, "z": 0.3}) for i in range(100)])
     new = _OtherFeatures(version="v2")
     with pytest.raises(
-        ValueError, match=r"reads 64 and the new one would read 0 \(64 x missing feature 'w'\)"
+        ValueError, match=r"reads 64 and the new one would read 0 \(64 x missing_feature 'w'\)"
     ):
         pipeline.swap_model(new)
     assert pipeline.scorer is old
     result = pipeline.process_messages([message(100, {"x": 0.1, "y": 0.2, "z": 0.3})])
     assert len(result.scores) == 1 and not result.dead_letters  # still scoring
-    events = [message(101 + i, {"x": 0.1, "y": 0.2, "z": 0.3, "w": 0.0}) for i in range(10)]
-    pipeline.process_messages(events)
+    # the last 64 events, across batches: 40 with w of 64 is more than half of what the old reads
+    for i in range(40):
+        pipeline.process_messages([message(101 + i, {"x": 0.1, "y": 0.2, "z": 0.3, "w": 0.0})])
     pipeline.swap_model(new)
     assert pipeline.scorer is new
+
+
+def test_the_swap_check_does_not_judge_on_a_handful_of_events() -> None:
+    """One stray event without w in a batch of its own must not refuse a model that fits the stream,
+    nor would a model be judged on it before the stream has shown enough."""
+    pipeline = make(alert_gate_z=0)
+    with_w = {"x": 0.1, "y": 0.2, "z": 0.3, "w": 0.0}
+    pipeline.process_messages([message(i, with_w) for i in range(30)])
+    pipeline.process_messages([message(30, {"x": 0.1, "y": 0.2, "z": 0.3})])  # the last batch
+    pipeline.swap_model(_OtherFeatures(version="v2"))
+    assert pipeline.scorer.version == "v2"
+    early = make(alert_gate_z=0)
+    early.process_messages([message(i, {"x": 0.1, "y": 0.2, "z": 0.3}) for i in range(5)])
+    early.swap_model(_OtherFeatures(version="v2"))  # 5 events: too few to judge
+    assert early.scorer.version == "v2"
 
 
 def test_empty_batch() -> None:

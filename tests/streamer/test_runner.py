@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, Message
 from streamer.alerts import Alert, DeadLetter, ReasonCode
 from streamer.broker import create_topics
 from streamer.config import load_settings
-from streamer.errors import ConfigError, DeliveryError
+from streamer.errors import BrokerError, ConfigError, DeliveryError
 from streamer.kafka_io import read_topic
 from streamer.runner import Detector, OffsetTracker
 
@@ -349,3 +349,44 @@ def test_a_second_stop_ends_the_wait_for_output_and_a_first_does_not() -> None:
     assert time.monotonic() - t0 < 5
     assert len(raised) == 1 and isinstance(raised[0], DeliveryError)
     assert "not acknowledged" in str(raised[0]) and "read again" in str(raised[0])
+
+
+def test_a_failed_handshake_stops_the_detector_only_once_it_lasts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A TLS or SASL handshake may fail for a while during a rolling restart or a certificate
+    rotation: it stops the detector after REFUSAL_LASTS_S of failures without a long gap; refused
+    credentials (SASL_AUTHENTICATION_FAILED) or a missing ACL stop it at once."""
+    clock = [0.0]
+    monkeypatch.setattr("streamer.runner.time.monotonic", lambda: clock[0])
+    d, _ = detector(limit=1 << 20)
+    for _ in range(3):  # a blip: 10 s of failures, then a quiet 30 s
+        d._on_client_error(KafkaError(KafkaError._SSL, "handshake failed"))
+        clock[0] += 5.0
+    clock[0] += 30.0
+    for _ in range(4):  # again, 15 s: a new run, shorter than 20 s
+        d._on_client_error(KafkaError(KafkaError._SSL, "handshake failed"))
+        d._check_client()
+        clock[0] += 5.0
+    d._on_client_error(KafkaError(KafkaError._SSL, "handshake failed"))  # 20 s on: it lasts
+    with pytest.raises(BrokerError, match="Kafka refused the detector \\(_SSL"):
+        d._check_client()
+
+    d, _ = detector(limit=1 << 20)
+    d._on_client_error(KafkaError(KafkaError.SASL_AUTHENTICATION_FAILED, "bad password"))
+    with pytest.raises(BrokerError, match="SASL_AUTHENTICATION_FAILED"):
+        d._check_client()
+
+
+def test_a_fatal_consumer_error_stops_the_detector_as_a_broker_error() -> None:
+    """It was raised as a bare KafkaException: a traceback and exit 1 instead of one line, exit 2."""
+
+    class FatalConsumer(RecordingConsumer):
+        def consume(self, num_messages: int, timeout: float) -> list[Any]:
+            return [Message(error=KafkaError(KafkaError._FENCED, "fenced", fatal=True))]
+
+    d, _ = detector(limit=1 << 20)
+    d.consumer = FatalConsumer()  # type: ignore[assignment]
+    assert d._fetch(10, 0.1) == []
+    with pytest.raises(BrokerError, match="_FENCED"):
+        d._check_client()
