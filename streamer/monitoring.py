@@ -14,17 +14,22 @@ tells a live loop from a stuck one: ``streamer health`` exits 1 when it is older
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import time
 import urllib.request
+from collections.abc import Iterable
 from wsgiref.simple_server import WSGIServer
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.alerts import ReasonCode
 
 HEARTBEAT = "ae_streamer_loop_heartbeat_timestamp_seconds"
+# How often librdkafka reports its statistics (the consumer lag) while metrics are served.
+LAG_INTERVAL_MS = 5_000
 # The most of a metrics page `streamer health` reads (a detector's is a few kB).
 MAX_PAGE_BYTES = 1 << 20
 _BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
@@ -67,6 +72,14 @@ class RunMetrics:
             "Input partitions assigned to this detector",
             registry=r,
         )
+        self.lag = Gauge(
+            "ae_streamer_consumer_lag",
+            "Events of an assigned partition not yet committed by the group: its end (last stable "
+            "offset) minus the committed offset, from librdkafka's statistics every "
+            "LAG_INTERVAL_MS; never below 0",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.threshold = Gauge(
             "ae_streamer_threshold", "The online threshold after the last batch", registry=r
         )
@@ -85,6 +98,26 @@ class RunMetrics:
     def beat(self) -> None:
         self.heartbeat.set(time.time())
 
+    def record_lag(self, statistics: bytes | str, assigned: set[tuple[str, int]]) -> None:
+        """The consumer lag of each assigned partition, from librdkafka's statistics JSON (its
+        ``stats_cb``). A partition whose lag is not known yet (-1) is left out; a lag below 0 (a
+        broker that reports its end behind what was read, as the embedded one can) counts as 0."""
+        try:
+            topics = orjson.loads(statistics).get("topics", {})
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        for topic, info in topics.items():
+            for partition, stats in info.get("partitions", {}).items():
+                lag = stats.get("consumer_lag", -1)
+                if (topic, _int(partition)) in assigned and isinstance(lag, int) and lag != -1:
+                    self.lag.labels(topic, partition).set(max(0, lag))
+
+    def forget_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Drop the lag series of partitions no longer assigned."""
+        for topic, partition in partitions:
+            with contextlib.suppress(KeyError):  # no statistics came for it
+                self.lag.remove(topic, str(partition))
+
     def serve(self, port: int, host: str) -> int:
         """Serve the metrics on ``http://host:port/metrics`` from a daemon thread; the port bound
         (``port`` 0 takes a free one)."""
@@ -97,6 +130,13 @@ class RunMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def heartbeat_age_s(url: str, timeout_s: float = 5.0) -> float:

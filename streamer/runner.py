@@ -46,7 +46,7 @@ from streamer.batching import MicroBatcher
 from streamer.config import FLUSH_SLACK_MS, Settings
 from streamer.errors import BrokerError, ConfigError, DeliveryError
 from streamer.kafka_io import CLIENT_LOG_EVERY_S, MAY_PASS, REFUSED, RateLimit, client
-from streamer.monitoring import RunMetrics
+from streamer.monitoring import LAG_INTERVAL_MS, RunMetrics
 from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
 from streamer.reload import RETRY_REFUSED_S, ModelWatcher
 
@@ -203,6 +203,9 @@ class Detector:
             **callbacks,
             "on_commit": self._on_commit,
         }
+        if settings.metrics.port is not None:  # the consumer lag, from librdkafka's statistics
+            consumer_config["statistics.interval.ms"] = LAG_INTERVAL_MS
+            consumer_config["stats_cb"] = self._on_statistics
         self.consumer = client(Consumer, consumer_config)
         producer_config = kafka.producer_config()
         self.producer = client(Producer, {**producer_config, **callbacks})
@@ -272,6 +275,9 @@ class Detector:
             )
         else:
             log.warning("kafka_client_error", code=err.name(), error=err.str(), **extra)
+
+    def _on_statistics(self, statistics: str) -> None:
+        self.metrics.record_lag(statistics, self._assigned)
 
     def _check_client(self) -> None:
         """Stop with the client-wide error that waiting will not mend, if one came."""
@@ -368,6 +374,7 @@ class Detector:
         revoked = {(p.topic, p.partition) for p in partitions}
         self._assigned -= revoked
         self.metrics.partitions.set(len(self._assigned))
+        self.metrics.forget_partitions(revoked)
         dropped = self.batcher.discard(lambda m: (m.topic(), m.partition()) in revoked)
         self._commit(self.offsets.uncommitted(revoked), asynchronous=False)
         self.offsets.forget(partitions)
@@ -382,6 +389,7 @@ class Detector:
         lost = {(p.topic, p.partition) for p in partitions}
         self._assigned -= lost
         self.metrics.partitions.set(len(self._assigned))
+        self.metrics.forget_partitions(lost)
         dropped = self.batcher.discard(lambda m: (m.topic(), m.partition()) in lost)
         self.offsets.forget(partitions)
         self._forget_stalls(partitions)

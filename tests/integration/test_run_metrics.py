@@ -3,6 +3,7 @@ health check sees the loop go round."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 import subprocess
 import sys
@@ -10,9 +11,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Producer
+
+from streamer.config import load_settings
+from streamer.runner import Detector
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -92,3 +97,68 @@ def test_run_serves_metrics_and_health_reads_them(kit, dense_checkpoint: Path) -
     finally:
         assert kit.stop(proc) == 0
     assert _health(url).returncode == 1  # stopped: the page is gone
+
+
+class _PacedScorer:
+    """Sums squares, taking ``delay_s`` a batch: the detector stays behind its input for a while."""
+
+    kind, name, version, features, window = "dense", "paced", "v1", ("x", "y"), 1
+    train_scores = np.linspace(0.0, 3.0, 1_000)
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        time.sleep(self.delay_s)
+        err = (x.astype(np.float64) ** 2).astype(np.float32)
+        return err.sum(axis=1).astype(np.float64), err
+
+
+def test_the_consumer_lag_falls_as_the_detector_catches_up(
+    kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("streamer.runner.LAG_INTERVAL_MS", 300)
+    names = kit.topics("lag", partitions=1)
+    producer = Producer({**kit.conf, "linger.ms": 0})
+    for i in range(300):  # one record batch each: the embedded broker's end is its last batch's
+        producer.produce(names["in"], orjson.dumps({"x": 0.1, "y": float(i % 5)}))
+        producer.flush(10)
+    settings = load_settings(
+        None,
+        {
+            "kafka": {
+                "bootstrap_servers": kit.bootstrap,
+                "group_id": names["group"],
+                "input_topics": [names["in"]],
+                "alert_topic": names["alerts"],
+                "dead_letter_topic": names["dead"],
+                "session_timeout_ms": 6000,
+                "commit_interval_ms": 0,
+            },
+            "batch": {"max_events": 20},
+            "metrics": {"port": 0},
+            "log": {"level": "WARNING"},
+        },
+    )
+    detector = Detector(settings, _PacedScorer(delay_s=0.25))
+    lags: list[float] = []
+
+    def watch(_: object) -> None:
+        value = detector.metrics.registry.get_sample_value(
+            "ae_streamer_consumer_lag", {"topic": names["in"], "partition": "0"}
+        )
+        if value is not None:
+            lags.append(value)
+
+    stats = detector.run(idle_exit_s=3, on_batch=watch)
+    assert stats.events == 300
+    assert lags and max(lags) > 100, lags  # behind at first
+    assert lags[-1] < max(lags) and min(lags) >= 0, lags  # and catching up, never below 0
+    assert all(a >= b for a, b in itertools.pairwise(lags)), lags  # no new input: it falls
+    # the group was left at the end: the partition's series is gone
+    assert (
+        detector.metrics.registry.get_sample_value(
+            "ae_streamer_consumer_lag", {"topic": names["in"], "partition": "0"}
+        )
+        is None
+    )

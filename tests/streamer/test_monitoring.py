@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
 from streamer.monitoring import HEARTBEAT, RunMetrics, health
@@ -86,3 +87,30 @@ def test_health_does_not_import_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("unhealthy:")
+
+
+def test_the_lag_is_taken_from_librdkafka_statistics_for_assigned_partitions_only() -> None:
+    metrics = RunMetrics()
+    stats = {
+        "topics": {
+            "events": {
+                "partitions": {
+                    "0": {"consumer_lag": 42},
+                    "1": {"consumer_lag": -1},  # not known yet: left out
+                    "2": {"consumer_lag": -3},  # an end reported behind what was read: 0
+                    "3": {"consumer_lag": 7},  # not assigned here
+                    "-1": {"consumer_lag": 5},  # librdkafka's internal partition
+                }
+            }
+        }
+    }
+    assigned = {("events", 0), ("events", 1), ("events", 2)}
+    metrics.record_lag(orjson.dumps(stats), assigned)
+    metrics.record_lag(b"not json", assigned)  # ignored
+    lag = metrics.registry.get_sample_value
+    assert lag("ae_streamer_consumer_lag", {"topic": "events", "partition": "0"}) == 42
+    assert lag("ae_streamer_consumer_lag", {"topic": "events", "partition": "1"}) is None
+    assert lag("ae_streamer_consumer_lag", {"topic": "events", "partition": "2"}) == 0
+    assert lag("ae_streamer_consumer_lag", {"topic": "events", "partition": "3"}) is None
+    metrics.forget_partitions([("events", 0), ("events", 9)])
+    assert lag("ae_streamer_consumer_lag", {"topic": "events", "partition": "0"}) is None
