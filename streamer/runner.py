@@ -412,8 +412,8 @@ class Detector:
             err = m.error()
             if err is None:
                 good.append(m)
-            elif err.fatal() or err.code() in REFUSED:  # stop, as for the client-wide ones
-                self._client_failure = self._client_failure or err
+            elif err.fatal() or err.code() in REFUSED:  # a topic's or the group's: as client-wide
+                self._on_client_error(err)
             elif (
                 err.code() in _UNREADABLE
                 and m.topic()
