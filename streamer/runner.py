@@ -699,7 +699,7 @@ class Detector:
             remaining = self.producer.flush(min(_FLUSH_STEP_S, left))
         if remaining:
             raise DeliveryError(
-                f"{remaining} alerts/dead letters not acknowledged within {wait_s:g} s"
+                f"{remaining} output records not acknowledged within {wait_s:g} s"
             )
 
     def _resend_smaller(self) -> None:
