@@ -146,6 +146,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """The effective settings, as ``run`` resolves them; SecretStr values print as asterisks."""
+    settings = _settings_from(args)
+    print(orjson.dumps(settings.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from streamer.training import train_command
 
@@ -259,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--create-topics", action="store_true", help="create missing topics at start")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "config",
+        help="print the settings `run` would use with these flags (TOML, STREAMER_* variables, "
+        "defaults), secrets masked, as JSON",
+    )
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("train", help="train an autoencoder on normal data")
     src = p.add_mutually_exclusive_group(required=True)

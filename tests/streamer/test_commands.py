@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -418,3 +419,28 @@ def test_train_refuses_a_folder_it_cannot_write_to_before_it_trains(
     assert main([*argv, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "cannot write /proc/m.safetensors" in err and "epoch" not in err
+
+
+def test_config_prints_the_settings_run_would_use_with_secrets_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Flags over STREAMER_* variables over the TOML file over the defaults, as for `run`."""
+    for name in [n for n in os.environ if n.startswith("STREAMER_")]:
+        monkeypatch.delenv(name)
+    toml = tmp_path / "streamer.toml"
+    toml.write_text('[kafka]\ngroup_id = "from-toml"\nbootstrap_servers = "toml:9092"\n')
+    monkeypatch.setenv("STREAMER_KAFKA__BOOTSTRAP_SERVERS", "env:9092")
+    monkeypatch.setenv("STREAMER_KAFKA__SASL_PASSWORD", "hunter2-not-printed")
+    monkeypatch.setenv("STREAMER_KAFKA__EXTRA", '{"ssl.key.password": "also-secret"}')
+    assert main(["config", "--config", str(toml), "--q", "0.995", "--metrics-port", "9464"]) == 0
+    out = capsys.readouterr().out
+    settings = orjson.loads(out)
+    assert settings["kafka"]["group_id"] == "from-toml"
+    assert settings["kafka"]["bootstrap_servers"] == "env:9092"
+    assert settings["threshold"]["q"] == 0.995 and settings["metrics"]["port"] == 9464
+    assert settings["kafka"]["sasl_password"] == "**********"
+    assert settings["kafka"]["extra"] == {"ssl.key.password": "**********"}
+    assert "hunter2" not in out and "also-secret" not in out
+    monkeypatch.setenv("STREAMER_THRESHOLD__Q", "2")
+    assert main(["config"]) == 2
+    assert "threshold.q" in capsys.readouterr().err
