@@ -122,8 +122,11 @@ def create_topics(client_config: dict[str, Any], names: Iterable[str], partition
         NewTopic(n, num_partitions=partitions, replication_factor=1) for n in dict.fromkeys(names)
     ]
     for name, future in admin.create_topics(wanted, operation_timeout=10).items():
+        deadline = time.monotonic() + 30
+        while not future.done() and time.monotonic() < deadline:
+            admin.poll(0.1)  # serves the client's log lines: why a connection fails, if it does
         try:
-            future.result(timeout=30)
+            future.result(timeout=max(0.0, deadline - time.monotonic()))
         except Exception as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
                 why = str(exc) or f"{type(exc).__name__}: no answer from the broker within 30 s"

@@ -58,9 +58,10 @@ REFUSED = frozenset(
     }
 )
 
-# Of those, the failed handshakes: a broker's TLS or SASL may fail for a while and pass (a rolling
-# restart, a certificate rotation), so the detector stops with them only when they last.
-MAY_PASS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
+# Of those, a failed TLS handshake: a broker's may fail for a while and pass (a rolling restart, a
+# certificate rotation), so the detector stops with it only when it lasts. Not _AUTHENTICATION:
+# librdkafka reports refused SASL credentials as that (not as SASL_AUTHENTICATION_FAILED).
+MAY_PASS = frozenset({KafkaError._SSL})
 
 # librdkafka repeats the line of a failing connection many times a second (about 20 with the broker
 # down): each distinct line (its numbers aside) is logged at most once per this many seconds, the next

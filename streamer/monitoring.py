@@ -94,23 +94,35 @@ class RunMetrics:
             registry=r,
         )
         self._server: WSGIServer | None = None
+        # the statistics' field that is a partition's end for the lag: "ls_offset" (last stable
+        # offset) under isolation.level read_committed, librdkafka's default; else "hi_offset"
+        self.lag_end = "ls_offset"
 
     def beat(self) -> None:
         self.heartbeat.set(time.time())
 
     def record_lag(self, statistics: bytes | str, assigned: set[tuple[str, int]]) -> None:
-        """The consumer lag of each assigned partition, from librdkafka's statistics JSON (its
-        ``stats_cb``). A partition whose lag is not known yet (-1) is left out; a lag below 0 (a
-        broker that reports its end behind what was read, as the embedded one can) counts as 0."""
+        """The consumer lag of each assigned partition from librdkafka's statistics JSON (its
+        ``stats_cb``): the partition's end (its last stable offset, or its high watermark where the
+        consumer reads uncommitted records: ``lag_end``) minus the group's committed offset, 0 where
+        the commit is past the end (a broker can report its end late); no series where either is
+        not known (librdkafka's own ``consumer_lag`` is -1 then, and would leave the last value
+        standing)."""
         try:
             topics = orjson.loads(statistics).get("topics", {})
         except (orjson.JSONDecodeError, AttributeError):
             return
         for topic, info in topics.items():
             for partition, stats in info.get("partitions", {}).items():
-                lag = stats.get("consumer_lag", -1)
-                if (topic, _int(partition)) in assigned and isinstance(lag, int) and lag != -1:
-                    self.lag.labels(topic, partition).set(max(0, lag))
+                if (topic, _int(partition)) not in assigned:
+                    continue
+                end = _offset(stats.get(self.lag_end))
+                committed = _offset(stats.get("committed_offset"))
+                if end is None or committed is None:
+                    with contextlib.suppress(KeyError):
+                        self.lag.remove(topic, partition)
+                else:
+                    self.lag.labels(topic, partition).set(max(0, end - committed))
 
     def forget_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Drop the lag series of partitions no longer assigned."""
@@ -130,6 +142,11 @@ class RunMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _offset(value: object) -> int | None:
+    """An offset from librdkafka's statistics; None for its "not known" values (negative)."""
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _int(text: str) -> int | None:

@@ -206,6 +206,8 @@ class Detector:
         if settings.metrics.port is not None:  # the consumer lag, from librdkafka's statistics
             consumer_config["statistics.interval.ms"] = LAG_INTERVAL_MS
             consumer_config["stats_cb"] = self._on_statistics
+            if consumer_config.get("isolation.level") == "read_uncommitted":  # kafka.extra
+                self.metrics.lag_end = "hi_offset"
         self.consumer = client(Consumer, consumer_config)
         producer_config = kafka.producer_config()
         self.producer = client(Producer, {**producer_config, **callbacks})
@@ -698,9 +700,7 @@ class Detector:
                 log.warning("output_not_acknowledged_yet", records=remaining)
             remaining = self.producer.flush(min(_FLUSH_STEP_S, left))
         if remaining:
-            raise DeliveryError(
-                f"{remaining} output records not acknowledged within {wait_s:g} s"
-            )
+            raise DeliveryError(f"{remaining} output records not acknowledged within {wait_s:g} s")
 
     def _resend_smaller(self) -> None:
         """Send again, one at a time, the records a topic refused as too large.

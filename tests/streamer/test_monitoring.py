@@ -89,17 +89,25 @@ def test_health_does_not_import_torch() -> None:
     assert proc.stdout.startswith("unhealthy:")
 
 
-def test_the_lag_is_taken_from_librdkafka_statistics_for_assigned_partitions_only() -> None:
+def test_the_lag_is_the_end_minus_the_committed_offset_for_assigned_partitions_only() -> None:
     metrics = RunMetrics()
+
+    def part(end: int, committed: int, hi: int | None = None) -> dict[str, int]:
+        return {
+            "ls_offset": end,
+            "hi_offset": end if hi is None else hi,
+            "committed_offset": committed,
+        }
+
     stats = {
         "topics": {
             "events": {
                 "partitions": {
-                    "0": {"consumer_lag": 42},
-                    "1": {"consumer_lag": -1},  # not known yet: left out
-                    "2": {"consumer_lag": -3},  # an end reported behind what was read: 0
-                    "3": {"consumer_lag": 7},  # not assigned here
-                    "-1": {"consumer_lag": 5},  # librdkafka's internal partition
+                    "0": part(200, 50, hi=210),
+                    "1": part(200, -1001),  # nothing committed yet: not known
+                    "2": part(200, 1_000),  # committed past the end reported: 0
+                    "3": part(200, 0),  # not assigned here
+                    "-1": part(5, 0),  # librdkafka's internal partition
                 }
             }
         }
@@ -108,9 +116,18 @@ def test_the_lag_is_taken_from_librdkafka_statistics_for_assigned_partitions_onl
     metrics.record_lag(orjson.dumps(stats), assigned)
     metrics.record_lag(b"not json", assigned)  # ignored
     lag = metrics.registry.get_sample_value
-    assert lag("ae_streamer_consumer_lag", {"topic": "events", "partition": "0"}) == 42
-    assert lag("ae_streamer_consumer_lag", {"topic": "events", "partition": "1"}) is None
-    assert lag("ae_streamer_consumer_lag", {"topic": "events", "partition": "2"}) == 0
-    assert lag("ae_streamer_consumer_lag", {"topic": "events", "partition": "3"}) is None
+    series = "ae_streamer_consumer_lag"
+    assert lag(series, {"topic": "events", "partition": "0"}) == 150  # the last stable offset's
+    assert lag(series, {"topic": "events", "partition": "1"}) is None
+    assert lag(series, {"topic": "events", "partition": "2"}) == 0
+    assert lag(series, {"topic": "events", "partition": "3"}) is None
+    # a lag that becomes unknown goes, rather than standing at its last value
+    stats["topics"]["events"]["partitions"]["0"] = part(-1, 50)
+    metrics.record_lag(orjson.dumps(stats), assigned)
+    assert lag(series, {"topic": "events", "partition": "0"}) is None
+    metrics.lag_end = "hi_offset"  # a consumer reading uncommitted records
+    stats["topics"]["events"]["partitions"]["0"] = part(200, 50, hi=210)
+    metrics.record_lag(orjson.dumps(stats), assigned)
+    assert lag(series, {"topic": "events", "partition": "0"}) == 160
     metrics.forget_partitions([("events", 0), ("events", 9)])
-    assert lag("ae_streamer_consumer_lag", {"topic": "events", "partition": "0"}) is None
+    assert lag(series, {"topic": "events", "partition": "0"}) is None
