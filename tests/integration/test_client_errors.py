@@ -3,13 +3,14 @@ client library's own lines included, and rate-limited), and a refusal stops `str
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import orjson
 import pytest
+
+from streamer.broker import free_port
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -23,12 +24,6 @@ def json_lines(stderr: bytes) -> list[dict[str, object]]:
         except orjson.JSONDecodeError:
             pytest.fail(f"a stderr line is not JSON: {line[:300]}")
     return out
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_refused_login_stops_run_with_one_json_line_naming_it(
@@ -65,7 +60,7 @@ def test_an_unreachable_broker_is_logged_as_json_at_a_bounded_rate(
 ) -> None:
     names = kit.topics("unreachable")
     args = kit.run_args(names, dense_checkpoint)
-    args[args.index("--bootstrap") + 1] = f"127.0.0.1:{closed_port()}"
+    args[args.index("--bootstrap") + 1] = f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen(args, env=kit.env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE)
     time.sleep(8)  # librdkafka tries to connect about 20 times a second meanwhile
     assert kit.stop(proc) == 0

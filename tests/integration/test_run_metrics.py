@@ -4,7 +4,6 @@ health check sees the loop go round."""
 from __future__ import annotations
 
 import itertools
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from streamer.broker import free_port
 from streamer.config import load_settings
 from streamer.runner import Detector
 
@@ -59,12 +59,6 @@ def test_the_counters_match_what_the_detector_consumed(kit) -> None:
     assert value("ae_streamer_assigned_partitions") == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _health(url: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "streamer.cli", "health", "--url", url, "--max-age-s", "30"],
@@ -76,7 +70,7 @@ def _health(url: str) -> subprocess.CompletedProcess[str]:
 
 def test_run_serves_metrics_and_health_reads_them(kit, dense_checkpoint: Path) -> None:
     names = kit.topics("health")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     assert _health(url).returncode == 1  # nothing there yet
     proc = subprocess.Popen(

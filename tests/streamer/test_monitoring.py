@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from streamer.broker import free_port
 from streamer.monitoring import HEARTBEAT, RunMetrics, health
 
 
@@ -36,10 +37,7 @@ def test_a_recent_heartbeat_is_healthy_and_an_old_one_is_not(served) -> None:
 
 
 def test_no_detector_there_is_unhealthy_not_an_exception() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ok, why = health(f"http://127.0.0.1:{port}/metrics", max_age_s=30)
+    ok, why = health(f"http://127.0.0.1:{free_port()}/metrics", max_age_s=30)
     assert not ok and why.startswith("unhealthy:"), why
 
 
