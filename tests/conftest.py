@@ -131,10 +131,15 @@ class Kit:
             consumer.close()
 
     def detector(
-        self, names: dict[str, str], scorer: Any = None, **kafka: Any
+        self,
+        names: dict[str, str],
+        scorer: Any = None,
+        sections: dict[str, dict[str, Any]] | None = None,
+        **kafka: Any,
     ) -> Any:  # a streamer.runner.Detector
         """An in-process detector on the topics ``names``, every decision published (no gate, no
-        cooldown), scoring with ``scorer`` (default: SquareScorer); ``kafka`` overrides settings."""
+        cooldown), scoring with ``scorer`` (default: SquareScorer); ``kafka`` overrides settings,
+        and ``sections`` other sections whole (``{"batch": {...}}``)."""
         from streamer.config import load_settings
         from streamer.runner import Detector
 
@@ -153,6 +158,7 @@ class Kit:
                 },
                 "events": {"alert_gate_z": 0, "alert_cooldown_s": 0},
                 "log": {"level": "WARNING"},
+                **(sections or {}),
             },
         )
         return Detector(settings, scorer or SquareScorer())

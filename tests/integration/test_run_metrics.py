@@ -16,8 +16,6 @@ import pytest
 from confluent_kafka import Producer
 
 from streamer.broker import free_port
-from streamer.config import load_settings
-from streamer.runner import Detector
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -117,24 +115,12 @@ def test_the_consumer_lag_falls_as_the_detector_catches_up(
     for i in range(300):  # one record batch each: the embedded broker's end is its last batch's
         producer.produce(names["in"], orjson.dumps({"x": 0.1, "y": float(i % 5)}))
         producer.flush(10)
-    settings = load_settings(
-        None,
-        {
-            "kafka": {
-                "bootstrap_servers": kit.bootstrap,
-                "group_id": names["group"],
-                "input_topics": [names["in"]],
-                "alert_topic": names["alerts"],
-                "dead_letter_topic": names["dead"],
-                "session_timeout_ms": 6000,
-                "commit_interval_ms": 0,
-            },
-            "batch": {"max_events": 20},
-            "metrics": {"port": 0},
-            "log": {"level": "WARNING"},
-        },
+    detector = kit.detector(
+        names,
+        _PacedScorer(delay_s=0.25),
+        sections={"batch": {"max_events": 20}, "metrics": {"port": 0}},
+        commit_interval_ms=0,
     )
-    detector = Detector(settings, _PacedScorer(delay_s=0.25))
     lags: list[float] = []
 
     def watch(_: object) -> None:
