@@ -56,6 +56,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A finite number above 0."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be above 0")
+    return value
+
+
 def auto_or_number(text: str, low: float, high: float) -> float | Literal["auto"]:
     """``auto`` or a number from ``low`` to ``high`` (a setting that ``auto`` resolves per model)."""
     if text == "auto":

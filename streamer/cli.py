@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from streamer.args import ALERT_CAP_HELP, non_negative_float, positive_int, seed
+from streamer.args import (
+    ALERT_CAP_HELP,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    seed,
+)
 from streamer.errors import StreamerError
 
 if TYPE_CHECKING:
@@ -146,6 +152,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_only_flags(p: argparse.ArgumentParser, note: str = "") -> None:
+    """The flags of ``run`` that are not settings."""
+    p.add_argument(
+        "--max-events",
+        type=positive_int,
+        help="stop after N events are processed and committed" + note,
+    )
+    p.add_argument(
+        "--idle-exit", type=non_negative_float, help="stop after S seconds without input" + note
+    )
+    p.add_argument(
+        "--create-topics", action="store_true", help="create missing topics at start" + note
+    )
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """The effective settings, as ``run`` resolves them; SecretStr values print as asterisks."""
     settings = _settings_from(args)
@@ -258,13 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="consume events, score them, publish alerts")
     _add_run_flags(p)
-    p.add_argument(
-        "--max-events", type=positive_int, help="stop after N events are processed and committed"
-    )
-    p.add_argument(
-        "--idle-exit", type=non_negative_float, help="stop after S seconds without input"
-    )
-    p.add_argument("--create-topics", action="store_true", help="create missing topics at start")
+    _add_run_only_flags(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -273,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "defaults), secrets masked, as JSON",
     )
     _add_run_flags(p)
+    _add_run_only_flags(p, " (taken, so that a run command line can be pasted; not a setting)")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("train", help="train an autoencoder on normal data")
@@ -370,7 +386,7 @@ def _add_health(sub: Any) -> None:
     )
     p.add_argument(
         "--max-age-s",
-        type=non_negative_float,
+        type=positive_float,
         default=90.0,
         help="the longest since the loop's last turn that is still healthy (default %(default)s)",
     )

@@ -179,5 +179,5 @@ def health(url: str, max_age_s: float) -> tuple[bool, str]:
     except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError is an OSError
         return False, f"unhealthy: {exc}"
     if age > max_age_s:
-        return False, f"unhealthy: the loop last went round {age:.0f} s ago (limit {max_age_s:g} s)"
+        return False, f"unhealthy: the loop last went round {age:.1f} s ago (limit {max_age_s:g} s)"
     return True, f"healthy: the loop went round {age:.1f} s ago"

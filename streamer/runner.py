@@ -208,9 +208,16 @@ class Detector:
             consumer_config["stats_cb"] = self._on_statistics
             if consumer_config.get("isolation.level") == "read_uncommitted":  # kafka.extra
                 self.metrics.lag_end = "hi_offset"
-        self.consumer = client(Consumer, consumer_config)
-        producer_config = kafka.producer_config()
-        self.producer = client(Producer, {**producer_config, **callbacks})
+        # the metrics' port first: a port in use is a configuration error, found before any client
+        # joins the group (it is served until run() ends)
+        self._serve_metrics()
+        try:
+            self.consumer = client(Consumer, consumer_config)
+            producer_config = kafka.producer_config()
+            self.producer = client(Producer, {**producer_config, **callbacks})
+        except BaseException:
+            self.metrics.close()
+            raise
         # librdkafka settles every record (acknowledged or failed) within message.timeout.ms (alias
         # delivery.timeout.ms)
         timeout_ms = producer_config.get("delivery.timeout.ms") or producer_config.get(
@@ -265,7 +272,7 @@ class Detector:
             self._client_failure = self._client_failure or err
             return
         extra = self._client_errors.allow(err.code())
-        if extra is None:
+        if extra is None or self._client_failure is not None:  # stopping with that one anyway
             return
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             log.warning(
@@ -486,7 +493,6 @@ class Detector:
         start = last_input = time.monotonic()
         failed = False
         try:
-            self._serve_metrics()
             while not self._stopping:
                 self.metrics.beat()
                 limit = None if max_events is None else max_events - self.stats.events
@@ -509,10 +515,15 @@ class Detector:
                     self._maybe_commit()  # what the last batches stored, once the interval is up
                     if idle_exit_s is not None and self._idle_s(last_input) >= idle_exit_s:
                         if self._assigned_at is None:  # not idle: never reached its topics
+                            tls = (
+                                f", and does it speak {kafka.security_protocol}"
+                                if kafka.security_protocol not in (None, "PLAINTEXT")
+                                else ""
+                            )
                             raise BrokerError(
                                 f"no partition of {kafka.input_topics} was assigned within "
                                 f"{time.monotonic() - start:.0f} s: is {kafka.bootstrap_servers} "
-                                "reachable, and do the topics exist?"
+                                f"reachable{tls}, and do the topics exist?"
                             )
                         log.info("idle_exit", idle_s=round(time.monotonic() - last_input, 3))
                         break

@@ -432,7 +432,9 @@ def test_config_prints_the_settings_run_would_use_with_secrets_masked(
     monkeypatch.setenv("STREAMER_KAFKA__BOOTSTRAP_SERVERS", "env:9092")
     monkeypatch.setenv("STREAMER_KAFKA__SASL_PASSWORD", "hunter2-not-printed")
     monkeypatch.setenv("STREAMER_KAFKA__EXTRA", '{"ssl.key.password": "also-secret"}')
-    assert main(["config", "--config", str(toml), "--q", "0.995", "--metrics-port", "9464"]) == 0
+    # run's flags that are not settings are taken too, so that a run command line can be pasted
+    argv = ["--config", str(toml), "--q", "0.995", "--metrics-port", "9464", "--max-events", "5"]
+    assert main(["config", *argv, "--idle-exit", "3", "--create-topics"]) == 0
     out = capsys.readouterr().out
     settings = orjson.loads(out)
     assert settings["kafka"]["group_id"] == "from-toml"

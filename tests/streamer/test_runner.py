@@ -7,6 +7,7 @@ librdkafka reports at delivery, is played here by a fake producer; the producer-
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
@@ -16,6 +17,7 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, Message
 
+from streamer import runner as runner_module
 from streamer.alerts import Alert, DeadLetter, ReasonCode
 from streamer.broker import create_topics
 from streamer.config import load_settings
@@ -397,3 +399,29 @@ def test_a_fatal_consumer_error_stops_the_detector_as_a_broker_error() -> None:
     assert d._fetch(10, 0.1) == []
     with pytest.raises(BrokerError, match="_FENCED"):
         d._check_client()
+
+
+def test_a_metrics_port_in_use_is_a_configuration_error_before_any_client_exists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It was found only in run(), after the consumer had joined its group (and timed out leaving)."""
+    made: list[str] = []
+    real_client = runner_module.client
+    monkeypatch.setattr(
+        runner_module,
+        "client",
+        lambda cls, config: made.append(cls.__name__) or real_client(cls, config),
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = load_settings(
+            None,
+            {
+                "kafka": {"bootstrap_servers": "127.0.0.1:9", "extra": {"log_level": "0"}},
+                "metrics": {"port": taken.getsockname()[1]},
+            },
+        )
+        with pytest.raises(ConfigError, match=r"metrics: cannot serve on 127\.0\.0\.1"):
+            Detector(settings, SquareScorer())
+    assert made == []
