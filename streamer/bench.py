@@ -49,6 +49,7 @@ import orjson
 from streamer.args import cooldown_arg, positive_int, seed
 from streamer.errors import StreamerError
 from streamer.gate import gate_z_arg
+from streamer.kafka_io import client
 from streamer.workload import KEY_FIELD, TIME_FIELD, Workload, make_scorer, make_workload
 
 if TYPE_CHECKING:
@@ -424,7 +425,8 @@ def _produce_backlog(
         if msg.offset() + 1 > end.get(msg.partition(), 0):
             end[msg.partition()] = msg.offset() + 1
 
-    producer = Producer(
+    producer = client(
+        Producer,
         {
             "bootstrap.servers": bootstrap,
             "log.connection.close": False,
@@ -433,7 +435,7 @@ def _produce_backlog(
             "batch.size": 1_000_000,
             "queue.buffering.max.messages": 200_000,
             "acks": "all",
-        }
+        },
     )
     start = time.perf_counter()
     for value, key in zip(workload.values, workload.keys, strict=True):
@@ -455,14 +457,15 @@ def _raw_consume(
     """Read the backlog with nothing done per message but taking its value: the consume ceiling."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
-    consumer = Consumer(
+    consumer = client(
+        Consumer,
         {
             "bootstrap.servers": bootstrap,
             "log.connection.close": False,
             "group.id": "bench-raw",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": fetch_wait_ms,
-        }
+        },
     )
     value, error = Message.value, Message.error
     total = sum(end.values())
@@ -523,8 +526,8 @@ def _committed(
 ) -> dict[tuple[str, int], int]:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": group, "log.connection.close": False}
+    consumer = client(
+        Consumer, {"bootstrap.servers": bootstrap, "group.id": group, "log.connection.close": False}
     )
     try:
         got = consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=10)
