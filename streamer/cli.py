@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -410,8 +411,38 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     return (StreamerError, ValueError, OSError, *model_error)
 
 
+class StopBeforeStart(BaseException):
+    """A stop signal that came while ``run`` was starting (parsing, loading the model, creating
+    topics, making its clients): nothing was consumed yet, so nothing is owed and it ends at once.
+    A BaseException, as KeyboardInterrupt is, so that no ``except Exception`` on the way holds it."""
+
+
+def _stop_before_start(signum: int, frame: Any) -> None:
+    raise StopBeforeStart(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    previous: dict[signal.Signals, Any] = {}
+    if argv and argv[0] == "run" and _on_main_thread():
+        # From the first line: parsing alone imports torch (seconds), and the model's load takes
+        # seconds more on a GPU; with the default action a SIGTERM then killed run without a word.
+        # The detector takes the signals over once it exists (runner.stop_on_signals).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _stop_before_start)
+    try:
+        return _main(argv)
+    except StopBeforeStart as stop:
+        import structlog
+
+        structlog.get_logger("streamer.cli").info("stopped", before_start=True, signal=str(stop))
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str]) -> int:
     light = bool(argv) and argv[0] == "health"
     args = (_health_parser() if light else build_parser()).parse_args(argv)
     from streamer.logs import configure_logging
@@ -435,6 +466,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _on_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

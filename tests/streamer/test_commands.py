@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -210,8 +211,12 @@ def test_bad_checkpoint_is_refused_by_run(
 ) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x80\x04\x95not a checkpoint")
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     assert main(["run", "--model", str(bad), "--bootstrap", "127.0.0.1:9"]) == 2
     assert "bad.safetensors" in capsys.readouterr().err
+    # run takes the stop signals from its first line (a signal while it starts ends it cleanly) and
+    # gives them back when it returns, also when it fails
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
 @pytest.mark.parametrize(
