@@ -76,6 +76,11 @@ ALL_KINDS = (*AE_KINDS, *BASELINE_KINDS)
 # The model kind `--model auto` picks, by the shape of the data (chosen on the suites, see the README).
 DEFAULT_KIND = {"univariate": "conv", "multivariate": "dense"}
 
+LEAD_IN_CHOICES = ("auto", "on", "off")
+# More rows than any state of the pipeline remembers at its defaults (threshold window and novelty's
+# history 2,000 rows, the gate's long span 1,000).
+LEAD_IN_MAX_ROWS = 10_000
+
 _TOPIC = "evaluate"
 _SERIES_KEY = b"series"
 
@@ -98,6 +103,9 @@ class Series:
     nab_windows: list[tuple[int, int]] | None = None
     offset: int = 0
     timestamps: np.ndarray | None = None  # (M,) of the test rows, for plots
+    # The training part ends where the test part begins, in one stream (a NAB series' probationary
+    # period, --train-fraction): the replay can then lead in with it (DetectorSpec.lead_in).
+    contiguous: bool = False
 
     def __post_init__(self) -> None:
         f = len(self.features)
@@ -161,6 +169,7 @@ def load_nab(csv_path: str | Path, windows_json: str | Path | dict[str, Any]) ->
         nab_windows=nab.window_rows(),
         offset=p,
         timestamps=nab.timestamps[p:],
+        contiguous=True,
     )
 
 
@@ -276,6 +285,7 @@ def load_series(
         y[cut:],
         train_entities=None if ent is None else ent[:cut],
         test_entities=None if ent is None else ent[cut:],
+        contiguous=True,
     )
 
 
@@ -304,12 +314,25 @@ class DetectorSpec:
     val_fraction: float = 0.2
     seed: int = 0
     device: str = "cpu"
+    # Replay the training part's last rows (at most LEAD_IN_MAX_ROWS) through the pipeline before the
+    # test part, their decisions not scored: "auto" where the two are one stream (Series.contiguous),
+    # "on" always, "off" never. A detector that ran through the training period would hold that
+    # state (windows, novelty's memory, the threshold's and the gate's history, a cooldown); NAB's
+    # own protocol feeds the probationary period to every detector and leaves it out of the score.
+    lead_in: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.lead_in not in LEAD_IN_CHOICES:
+            raise ValueError(f"lead_in must be one of {LEAD_IN_CHOICES}, got {self.lead_in!r}")
         if self.window < 4:
             raise ValueError(f"window must be >= 4, got {self.window}")
         if self.max_train_rows < 10:
             raise ValueError(f"max_train_rows must be >= 10, got {self.max_train_rows}")
+
+    def lead_in_rows(self, series: Series) -> int:
+        """How many of the training part's last rows the replay leads in with."""
+        on = self.lead_in == "on" or (self.lead_in == "auto" and series.contiguous)
+        return min(len(series.train), LEAD_IN_MAX_ROWS) if on else 0
 
     def window_for(self, n_train: int) -> int:
         """The window used with ``n_train`` rows: at most half the held-back rows, at least 4."""
@@ -386,6 +409,8 @@ def replay(
     batch: BatchSettings | None = None,
     events: EventSettings | None = None,
     entities: np.ndarray | None = None,
+    lead_in_rows: np.ndarray | None = None,
+    lead_in_entities: np.ndarray | None = None,
 ) -> Decisions:
     """Feed the rows ``x`` (M, F) as JSON events, in order, through a fresh :class:`Pipeline`.
 
@@ -393,11 +418,19 @@ def replay(
     topic. ``entities`` (one key per row) become the Kafka message keys; without them every row is
     of one series. ``events.alert_cooldown_s`` and ``events.alert_escalation`` de-duplicate the
     published alerts per key in the pipeline as in ``streamer run``, one row being one second of
-    event time; the threshold sees every score either way.
+    event time; the threshold sees every score either way. ``lead_in_rows`` (with their
+    ``lead_in_entities``) come first in the same stream, and only ``x``'s rows are decided on.
     """
     batch = batch or BatchSettings()
     events = events or EventSettings()
     pipeline = Pipeline(scorer, threshold, events)
+    n_lead = 0 if lead_in_rows is None else len(lead_in_rows)
+    if lead_in_rows is not None and n_lead:
+        x = np.concatenate([lead_in_rows, x])
+        if (entities is None) != (lead_in_entities is None):
+            raise ValueError("give entities for both the lead-in and the rows, or for neither")
+        if entities is not None and lead_in_entities is not None:
+            entities = np.concatenate([lead_in_entities, entities])
     values = _encode(scorer.features, x)
     keys: list[bytes] = (
         [_SERIES_KEY] * len(values)
@@ -412,15 +445,18 @@ def replay(
     dead = 0
     started = time.perf_counter()
     step = batch.max_events
-    for lo in range(0, m, step):
-        chunk = values[lo : lo + step]
+    # The lead-in in batches of its own, so that the first decided row starts a batch, as it would
+    # without a lead-in.
+    starts = [*range(0, n_lead, step), *range(n_lead, m, step)]
+    for lo, hi in zip(starts, [*starts[1:], m], strict=True):
+        chunk = values[lo:hi]
 
         def origin(i: int, lo: int = lo) -> Message:
             # one row is one second of event time (the alert cooldown is in seconds)
             return Message(values[lo + i], keys[lo + i], _TOPIC, 0, lo + i, (lo + i) * 1_000)
 
-        def chunk_keys(lo: int = lo) -> list[bytes]:
-            return keys[lo : lo + step]
+        def chunk_keys(lo: int = lo, hi: int = hi) -> list[bytes]:
+            return keys[lo:hi]
 
         result = pipeline.process(chunk, origin, message_keys=chunk_keys)
         rows = lo + result.valid
@@ -428,9 +464,12 @@ def replay(
         thresholds[rows] = result.thresholds
         alerts[rows] = result.alert_mask
         published[rows] = result.published
-        dead += len(result.dead_letters)
+        dead += sum(lo + i >= n_lead for i in result.dead_index)
     seconds = time.perf_counter() - started
-    return Decisions(scores, thresholds, published, alerts, dead_lettered=dead, seconds=seconds)
+    t = slice(n_lead, None)
+    return Decisions(
+        scores[t], thresholds[t], published[t], alerts[t], dead_lettered=dead, seconds=seconds
+    )
 
 
 # --------------------------------------------------------------------------------------- metrics
@@ -538,6 +577,7 @@ def evaluate_series(
                 batch=batch,
                 entities=series.test_entities,
                 events=events,
+                **_lead_in(series, spec.lead_in_rows(series)),
             )
             out.append(
                 EvalResult(
@@ -553,6 +593,17 @@ def evaluate_series(
                 )
             )
     return out
+
+
+def _lead_in(series: Series, n: int) -> dict[str, Any]:
+    """The replay's lead-in arguments: the training part's last ``n`` rows and their entities."""
+    if n <= 0:
+        return {}
+    ent = series.train_entities
+    return {
+        "lead_in_rows": series.train[-n:],
+        "lead_in_entities": None if ent is None else ent[-n:],
+    }
 
 
 def write_decisions(path: str | Path, decisions: Decisions) -> None:
@@ -772,6 +823,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=defaults_d.max_train_rows,
         help="train on at most the N most recent training rows",
     )
+    p.add_argument(
+        "--lead-in",
+        choices=LEAD_IN_CHOICES,
+        default=defaults_d.lead_in,
+        help="replay the training part's last rows (at most "
+        f"{LEAD_IN_MAX_ROWS:,}) through the pipeline before the test part, undecided: auto where "
+        "the two are one stream (NAB's probationary period, --train-fraction), on, or off "
+        "(default: auto)",
+    )
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     p.add_argument(
@@ -888,6 +948,7 @@ def settings_from(
         epochs=args.epochs,
         patience=args.patience,
         max_train_rows=args.max_train_rows,
+        lead_in=args.lead_in,
         seed=args.seed,
         device=args.device,
     )

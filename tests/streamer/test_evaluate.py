@@ -194,6 +194,48 @@ def test_micro_batch_size_does_not_change_any_decision(tmp_path: Path) -> None:
     np.testing.assert_array_equal(small.alerts, big.alerts)
 
 
+def test_a_lead_in_is_the_same_stream_with_its_first_rows_left_undecided(tmp_path: Path) -> None:
+    """The training part's tail, replayed first: the test rows are decided exactly as in one stream
+    of both, and the state it leaves (windows, novelty, threshold, gate) changes those decisions."""
+    series = sine_series(n_train=1500, n_test=700)
+    scorer = fit_detector("pca", series, FAST, tmp_path)
+    tail = series.train[-400:]
+    batch = BatchSettings(max_events=100)
+    kw: dict = {"threshold": ThresholdSettings(), "batch": batch, "events": NO_DEDUP}
+    led = replay(scorer, series.test, lead_in_rows=tail, **kw)
+    whole = replay(scorer, np.concatenate([tail, series.test]), **kw)
+    cold = replay(scorer, series.test, **kw)
+    assert len(led.scores) == len(led.alerts) == len(series.test)
+    np.testing.assert_array_equal(led.scores, whole.scores[400:])
+    np.testing.assert_array_equal(led.thresholds, whole.thresholds[400:])
+    np.testing.assert_array_equal(led.alerts, whole.alerts[400:])
+    np.testing.assert_array_equal(led.exceeds, whole.exceeds[400:])
+    # cold, the first W - 1 rows' windows are padded; led in, they hold the training part's tail
+    w = scorer.window
+    assert not np.allclose(led.scores[: w - 1], cold.scores[: w - 1])
+    assert not np.array_equal(led.thresholds[w:], cold.thresholds[w:])
+    with pytest.raises(ValueError, match="entities"):
+        replay(scorer, series.test, lead_in_rows=tail, entities=np.array(["a"] * 700), **kw)
+
+
+def test_lead_in_auto_follows_whether_train_and_test_are_one_stream(tmp_path: Path) -> None:
+    csv_path, labels = nab_files(tmp_path)
+    nab = load_series(csv_path, labels=labels)  # the probation is the series' head
+    rows = [[i, float(i % 7), int(i == 50)] for i in range(100)]
+    path = write_csv(tmp_path / "d.csv", ["t", "a", "label"], rows)
+    head = load_series(path, train_fraction=0.4, label_column="label", features=["a"])
+    npz = tmp_path / "c.npz"
+    np.savez(npz, train=np.zeros((30, 1)), test=np.ones((10, 1)), label=np.zeros(10))
+    apart = load_series(npz)
+    assert (nab.contiguous, head.contiguous, apart.contiguous) == (True, True, False)
+    auto, on, off = (DetectorSpec(lead_in=v) for v in ("auto", "on", "off"))
+    assert [auto.lead_in_rows(s) for s in (nab, head, apart)] == [60, 40, 0]
+    assert [on.lead_in_rows(s) for s in (nab, head, apart)] == [60, 40, 30]
+    assert [off.lead_in_rows(s) for s in (nab, head, apart)] == [0, 0, 0]
+    with pytest.raises(ValueError, match="lead_in"):
+        DetectorSpec(lead_in="always")
+
+
 def test_no_test_label_reaches_any_decision() -> None:
     series = sine_series(n_train=1500, n_test=700)
     shuffled = Series(
