@@ -130,6 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args)
     configure_logging(settings.log.level, settings.log.format)
+    _RunStart.starting()
     set_torch_threads(settings.model.torch_threads)
     m = settings.model
 
@@ -149,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         create_topics(kafka.common_config(), [*kafka.input_topics, *outputs])
     detector = Detector(settings, scorer, load_scorer=load)
     with stop_on_signals(detector):
+        _RunStart.running()  # the detector's handlers have the signals from here
         detector.run(max_events=args.max_events, idle_exit_s=args.idle_exit)
     return 0
 
@@ -412,24 +414,54 @@ def _expected_errors() -> tuple[type[Exception], ...]:
 
 
 class StopBeforeStart(BaseException):
-    """A stop signal that came while ``run`` was starting (parsing, loading the model, creating
-    topics, making its clients): nothing was consumed yet, so nothing is owed and it ends at once.
+    """A stop signal that came while ``run`` was starting (loading the model, creating topics, making
+    its clients): nothing was consumed yet, so nothing is owed and it ends at once.
     A BaseException, as KeyboardInterrupt is, so that no ``except Exception`` on the way holds it."""
 
 
-def _stop_before_start(signum: int, frame: Any) -> None:
-    raise StopBeforeStart(signal.Signals(signum).name)
+class _RunStart:
+    """Where ``run`` is on its way to the detector's loop, for the stop signals that come first.
+
+    - ``parsing``: the command line and settings (parsing imports torch: seconds). A signal is kept
+      and acted on once logging is set up, so that its line has the run's format and goes to stderr;
+    - ``starting``: the model's load, ``--create-topics``, the clients. A signal ends the run at once;
+    - ``running``: the detector's own handlers have the signals (runner.stop_on_signals); after its
+      loop they are this one's again, and a signal then is ignored: the run is ending already, and
+      its exit status (2 after an aborted flush, say) must stand.
+    """
+
+    phase = "parsing"
+    pending: str | None = None
+
+    @classmethod
+    def handle(cls, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if cls.phase == "parsing":
+            cls.pending = cls.pending or name
+        elif cls.phase == "starting":
+            raise StopBeforeStart(name)
+
+    @classmethod
+    def starting(cls) -> None:
+        """Logging is set up: a signal kept while parsing ends the run now, later ones at once."""
+        cls.phase = "starting"
+        if cls.pending is not None:
+            raise StopBeforeStart(cls.pending)
+
+    @classmethod
+    def running(cls) -> None:
+        cls.phase = "running"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     previous: dict[signal.Signals, Any] = {}
     if argv and argv[0] == "run" and _on_main_thread():
-        # From the first line: parsing alone imports torch (seconds), and the model's load takes
-        # seconds more on a GPU; with the default action a SIGTERM then killed run without a word.
-        # The detector takes the signals over once it exists (runner.stop_on_signals).
+        # From the first line: with the default action a SIGTERM while run started (parsing imports
+        # torch; the model's load takes seconds more on a GPU) killed it without a word.
+        _RunStart.phase, _RunStart.pending = "parsing", None
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, _stop_before_start)
+            previous[sig] = signal.signal(sig, _RunStart.handle)
     try:
         return _main(argv)
     except StopBeforeStart as stop:
@@ -440,6 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        # an in-process caller's later signals are not run's
+        _RunStart.phase, _RunStart.pending = "running", None
 
 
 def _main(argv: list[str]) -> int:

@@ -115,3 +115,35 @@ def test_a_stop_signal_while_run_is_starting_ends_it_cleanly(kit, dense_checkpoi
     assert code == 0, lines[-3:]
     assert took < 10, took
     assert lines[-1]["event"] == "stopped" and lines[-1]["before_start"] is True, lines[-1]
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGTERM (Linux: SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
+def test_a_stop_signal_while_run_parses_its_command_line_is_one_json_line_on_stderr(
+    kit, dense_checkpoint: Path
+) -> None:
+    """Parsing imports torch (seconds): a SIGTERM then is kept until the run's logging is set up,
+    and ends it with the run's own line (it was a console line on stdout, a reviewer found)."""
+    names = kit.topics("parsing")
+    args = kit.run_args(names, dense_checkpoint)
+    proc = subprocess.Popen(args, env=kit.env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not catches_sigterm(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)  # the interpreter's start: run's handler is its first act
+        code = kit.stop(proc, timeout=30)
+    finally:
+        kit.stop(proc, signal.SIGKILL, timeout=5)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read() == b""
+    lines = json_lines(proc.stderr.read())
+    assert code == 0, lines[-3:]
+    assert [line["event"] for line in lines] == ["stopped"], lines
+    assert lines[0]["before_start"] is True

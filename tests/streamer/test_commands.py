@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import orjson
 import pytest
 
 from models import load_checkpoint
+from streamer import cli
 from streamer.cli import main
 from streamer.simulate import SimConfig, normal_frame
 
@@ -211,12 +213,67 @@ def test_bad_checkpoint_is_refused_by_run(
 ) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x80\x04\x95not a checkpoint")
-    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     assert main(["run", "--model", str(bad), "--bootstrap", "127.0.0.1:9"]) == 2
     assert "bad.safetensors" in capsys.readouterr().err
-    # run takes the stop signals from its first line (a signal while it starts ends it cleanly) and
-    # gives them back when it returns, also when it fails
+
+
+def run_main_with(monkeypatch: pytest.MonkeyPatch, fake: Callable[[list[str]], int]) -> int:
+    """``main(["run"])`` with ``fake`` in place of the command itself (as ``cli._main``)."""
+    monkeypatch.setattr(cli, "_main", fake)
+    return main(["run"])
+
+
+def test_run_holds_the_stop_signals_from_its_first_line_and_gives_them_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    seen = []
+
+    def fails(argv: list[str]) -> int:
+        seen.append((signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)))
+        raise OSError("the model's file is gone")
+
+    with pytest.raises(OSError):
+        run_main_with(monkeypatch, fails)
+    assert seen == [(cli._RunStart.handle, cli._RunStart.handle)]
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_a_signal_while_run_parses_ends_it_once_its_log_is_set_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The signal is kept while parsing (logging is not set up: its line went to stdout in the
+    default format) and ends run as soon as the run's logging is."""
+    from streamer.logs import configure_logging
+
+    def parsing_then_starting(argv: list[str]) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)  # run's handler has it: kept
+        configure_logging("INFO", "json")
+        cli._RunStart.starting()  # raises: the kept signal ends the run here
+        return 1
+
+    assert run_main_with(monkeypatch, parsing_then_starting) == 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    line = orjson.loads(err.strip().splitlines()[-1])
+    assert (line["event"], line["before_start"], line["signal"]) == ("stopped", True, "SIGTERM")
+
+
+def test_a_signal_after_the_detectors_loop_leaves_runs_exit_status_alone(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once the detector has run, its handlers give the signals back to run's: a signal then (a
+    second Ctrl-C as a flush is aborted) was taken for one before the start, turning exit 2 into 0
+    with a second stopped line (a reviewer's reproduction)."""
+
+    def aborted(argv: list[str]) -> int:
+        cli._RunStart.starting()
+        cli._RunStart.running()  # the detector's loop ran, and ended
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 2
+
+    assert run_main_with(monkeypatch, aborted) == 2
+    assert "before_start" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
