@@ -218,6 +218,30 @@ def test_a_lead_in_is_the_same_stream_with_its_first_rows_left_undecided(tmp_pat
         replay(scorer, series.test, lead_in_rows=tail, entities=np.array(["a"] * 700), **kw)
 
 
+def test_a_lead_in_of_part_of_a_batch_with_unreadable_rows_and_keys(tmp_path: Path) -> None:
+    """A lead-in that is not a whole number of batches, with rows that are dead-lettered (only the
+    test part's are counted) and one key per row, decides as one stream of both."""
+    series = sine_series(n_train=1500, n_test=700)
+    scorer = fit_detector("pca", series, FAST, tmp_path)
+    tail, test = series.train[-437:].copy(), series.test.copy()
+    tail[[10, 200]] = np.nan  # written as null: dead letters
+    test[300] = np.nan
+    keys = np.array(["s"] * (437 + 700))
+    kw: dict = {"threshold": ThresholdSettings(), "batch": BatchSettings(max_events=100)}
+    led = replay(
+        scorer, test, lead_in_rows=tail, lead_in_entities=keys[:437], entities=keys[437:], **kw
+    )
+    whole = replay(scorer, np.concatenate([tail, test]), entities=keys, **kw)
+    assert len(led.scores) == 700
+    assert (led.dead_lettered, whole.dead_lettered) == (1, 3)
+    assert np.isnan(led.scores[300]) and np.isnan(led.scores).sum() == 1
+    # the batches are cut elsewhere (the lead-in's own), which moves sums by a rounding
+    np.testing.assert_allclose(led.scores, whole.scores[437:], rtol=1e-9)
+    np.testing.assert_allclose(led.thresholds, whole.thresholds[437:], rtol=1e-9)
+    np.testing.assert_array_equal(led.alerts, whole.alerts[437:])
+    np.testing.assert_array_equal(led.exceeds, whole.exceeds[437:])
+
+
 def test_lead_in_auto_follows_whether_train_and_test_are_one_stream(tmp_path: Path) -> None:
     csv_path, labels = nab_files(tmp_path)
     nab = load_series(csv_path, labels=labels)  # the probation is the series' head
