@@ -189,8 +189,10 @@ def test_micro_batch_size_does_not_change_any_decision(tmp_path: Path) -> None:
     small = replay(
         scorer, series.test, threshold=ThresholdSettings(), batch=BatchSettings(max_events=7)
     )
-    # float32 rounding differs with the batch's shape (the kernels block the work differently)
-    np.testing.assert_allclose(small.scores, big.scores, rtol=1e-5)
+    # float32 rounding differs with the batch's shape (the kernels block the work differently, and
+    # by CPU): the smallest scores, differences of near-equal values, keep fewer exact digits (on one
+    # machine 3.6e-5 relative at a score of 0.0076, 2.7e-7 absolute)
+    np.testing.assert_allclose(small.scores, big.scores, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(small.alerts, big.alerts)
 
 
