@@ -98,6 +98,14 @@ class KafkaSettings(_Section):
     # ~200 commits a second, and the latency soak's p99 was longer (streamer bench, README).
     commit_interval_ms: int = Field(default=200, ge=0, le=60_000)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # When a partition the group has read before is assigned (a restart, a rebalance), up to this many
+    # records before its committed offset are read again into the detector's state only (windows,
+    # novelty, threshold, rise gate, cooldown), with nothing published or committed for them: the
+    # detector carries on warm instead of cold. 0 = off. See streamer.warmstart.
+    warm_start_events: int = Field(default=10_000, ge=0, le=1_000_000)
+    # The most the read may take per assignment (the consumer is not polled meanwhile: well under
+    # librdkafka's max.poll.interval.ms, 300 s); what was read by then is kept.
+    warm_start_timeout_s: float = Field(default=30.0, gt=0.0, le=120.0)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -133,6 +141,25 @@ class KafkaSettings(_Section):
                 "more for a batch's alerts before it commits, without polling its consumer"
             )
         return value
+
+    @model_validator(mode="after")
+    def _warm_start_within_poll(self) -> KafkaSettings:
+        """The warm-start read runs inside a consumer poll, and the batch that poll returns may then
+        wait up to message.timeout.ms (and FLUSH_SLACK_MS) for its alerts: together they must stay
+        below max.poll.interval.ms, or the group drops the detector."""
+        value = self.extra
+        poll_ms = _int_or_none(value.get("max.poll.interval.ms")) or _MAX_POLL_INTERVAL_MS
+        key = "delivery.timeout.ms" if "delivery.timeout.ms" in value else "message.timeout.ms"
+        flush_ms = _int_or_none(value.get(key)) or DEFAULT_MESSAGE_TIMEOUT_MS
+        if self.warm_start_events and self.warm_start_timeout_s * 1000 + flush_ms >= (
+            poll_ms - FLUSH_SLACK_MS
+        ):
+            raise ValueError(
+                f"warm_start_timeout_s ({self.warm_start_timeout_s:g}) and {key} ({flush_ms}) "
+                f"together must stay below max.poll.interval.ms ({poll_ms}) less {FLUSH_SLACK_MS}: "
+                "the warm-start read and the batch after it run between two polls of the consumer"
+            )
+        return self
 
     def common_config(self) -> dict[str, Any]:
         """librdkafka properties shared by consumer, producer and admin client (secrets revealed here only)."""

@@ -83,6 +83,12 @@ class RunMetrics:
         self.threshold = Gauge(
             "ae_streamer_threshold", "The online threshold after the last batch", registry=r
         )
+        self.warm_events = Counter(
+            "ae_streamer_warm_start_events",
+            "Records read again into the state when partitions were assigned (streamer.warmstart); "
+            "not counted as events",
+            registry=r,
+        )
         self.model_swaps = Counter(
             "ae_streamer_model_swaps", "New model versions swapped in while running", registry=r
         )

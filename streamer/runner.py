@@ -49,6 +49,7 @@ from streamer.kafka_io import CLIENT_LOG_EVERY_S, MAY_PASS, REFUSED, RateLimit, 
 from streamer.monitoring import LAG_INTERVAL_MS, RunMetrics
 from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
 from streamer.reload import RETRY_REFUSED_S, ModelWatcher
+from streamer.warmstart import read_ranges, warm_ranges
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +78,8 @@ class RunStats:
     dead_lettered: int = 0
     batches: int = 0
     model_swaps: int = 0
+    # records read again into the state on assignment (streamer.warmstart); not counted above
+    warm_events: int = 0
     elapsed_s: float = 0.0
     active_s: float = 0.0  # from the first batch's arrival to the last batch's commit
     committed_s: float = 0.0  # from the first batch's arrival to the shutdown's synchronous commit
@@ -197,6 +200,11 @@ class Detector:
         self._client_errors = RateLimit(CLIENT_LOG_EVERY_S)
         callbacks = {"error_cb": self._on_client_error}  # and client()'s logger
         kafka = settings.kafka
+        # the warm-start reader's (streamer.warmstart): this consumer's, without its callbacks
+        self._warm_config = {**kafka.consumer_config(), **(consumer_overrides or {})}
+        # Per partition, the offset after the last record fed to the pipeline (live or warm), kept
+        # when the partition goes: if it comes back, what was fed already is not fed again.
+        self._fed: dict[tuple[str, int], int] = {}
         consumer_config = {
             **kafka.consumer_config(),
             **(consumer_overrides or {}),
@@ -328,6 +336,58 @@ class Detector:
         self.metrics.beat()  # pinning "latest" starts may take a while
         log.info(
             "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions]
+        )
+        if partitions and self.settings.kafka.warm_start_events:
+            self._warm_up(consumer, partitions)
+
+    def _warm_up(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Feed the pipeline the records before each assigned partition's committed offset, with
+        every output dropped (streamer.warmstart); where the group never committed, nothing."""
+        kafka = self.settings.kafka
+        names = [f"{p.topic}[{p.partition}]" for p in partitions]
+        try:
+            committed = consumer.committed(
+                [TopicPartition(p.topic, p.partition) for p in partitions], timeout=_PIN_TIMEOUT_S
+            )
+        except KafkaException as exc:
+            log.warning("warm_start_skipped", error=str(exc), partitions=names)
+            return
+        ranges = warm_ranges(
+            {(c.topic, c.partition): c.offset for c in committed if c.error is None},
+            self._fed,
+            kafka.warm_start_events,
+        )
+        if not ranges:
+            return
+        started = time.monotonic()
+        got = read_ranges(
+            self._warm_config,
+            ranges,
+            self._feed_warm,
+            batch=self.settings.batch.max_events,
+            timeout_s=kafka.warm_start_timeout_s,
+            stopping=lambda: self._stopping,
+            beat=self.metrics.beat,
+        )
+        for tp, offset in got.reached.items():
+            self._fed[tp] = max(self._fed.get(tp, 0), offset)
+        self.stats.warm_events += got.events
+        self.metrics.warm_events.inc(got.events)
+        (log.info if got.complete else log.warning)(
+            "warm_start" if got.complete else "warm_start_incomplete",
+            events=got.events,
+            partitions={f"{t}[{p}]": [a, b] for (t, p), (a, b) in ranges.items()},
+            reached={f"{t}[{p}]": o for (t, p), o in got.reached.items()},
+            seconds=round(time.monotonic() - started, 3),
+            **({"errors": got.errors[:5]} if got.errors else {}),
+        )
+
+    def _feed_warm(self, messages: list[KafkaMessage]) -> None:
+        """Warm-start records through the pipeline, into its state only: no output is kept."""
+        self.pipeline.process(
+            list(map(_value, messages)),
+            lambda i: to_message(messages[i]),
+            message_keys=lambda: [m.key() for m in messages],
         )
 
     def _pin_latest(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -585,6 +645,8 @@ class Detector:
         next_offsets = self._next_offsets(batch)
         for (topic, partition), (offset, epoch) in next_offsets.items():
             self.offsets.advance(topic, partition, offset, epoch)
+            if offset > self._fed.get((topic, partition), 0):
+                self._fed[(topic, partition)] = offset
         self._maybe_commit()
         t3 = time.perf_counter()
 

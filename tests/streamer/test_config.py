@@ -230,3 +230,12 @@ def test_topic_names_kafka_refuses_are_config_errors(topic: str) -> None:
         load_settings(None, {"kafka": {"input_topics": [topic]}})
     with pytest.raises(ConfigError, match="alert_topic"):
         load_settings(None, {"kafka": {"alert_topic": topic}})
+
+
+def test_a_warm_start_read_the_poll_interval_cannot_hold_is_refused() -> None:
+    # 30 s of warm-start read and the batch's 120 s wait come between two polls: over 160 s less 10 s
+    extra = {"max.poll.interval.ms": "160000"}
+    with pytest.raises(ConfigError, match=r"warm_start_timeout_s .*max\.poll\.interval\.ms"):
+        load_settings(None, {"kafka": {"extra": extra}})
+    assert load_settings(None, {"kafka": {"extra": extra, "warm_start_timeout_s": 20}})
+    assert load_settings(None, {"kafka": {"extra": extra, "warm_start_events": 0}})

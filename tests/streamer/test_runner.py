@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import OFFSET_INVALID, KafkaError, Message, TopicPartition
 
 from streamer import runner as runner_module
 from streamer.alerts import Alert, DeadLetter, ReasonCode
@@ -102,6 +102,10 @@ class RecordingConsumer:
     def commit(self, offsets: list[Any], asynchronous: bool) -> None:
         self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
         self.offsets.extend(offsets)
+
+    def committed(self, partitions: list[Any], timeout: float) -> list[Any]:
+        """Nothing committed before (OFFSET_INVALID): so no warm start reads anything."""
+        return [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID) for tp in partitions]
 
 
 def batch() -> list[Message]:
