@@ -60,6 +60,7 @@ _RUN_FLAGS = {
     "alert_cap": "threshold.alert_cap",
     "batch_size": "batch.max_events",
     "max_wait_ms": "batch.max_wait_ms",
+    "warm_start": "kafka.warm_start_events",
     "log_level": "log.level",
     "log_format": "log.format",
     "metrics_port": "metrics.port",
@@ -96,6 +97,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alert-cap", type=float, help=ALERT_CAP_HELP)
     p.add_argument("--batch-size", type=int, help="max events per micro-batch")
     p.add_argument("--max-wait-ms", type=int, help="max wait after a batch's first event")
+    p.add_argument(
+        "--warm-start",
+        type=int,
+        metavar="N",
+        help="on assignment, read up to N records before each partition's committed offset again "
+        "into the detector's state only (default 10000; 0 = start cold)",
+    )
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", choices=["auto", "json", "console"])
     p.add_argument(

@@ -496,12 +496,14 @@ def test_config_prints_the_settings_run_would_use_with_secrets_masked(
     monkeypatch.setenv("STREAMER_KAFKA__EXTRA", '{"ssl.key.password": "also-secret"}')
     # run's flags that are not settings are taken too, so that a run command line can be pasted
     argv = ["--config", str(toml), "--q", "0.995", "--metrics-port", "9464", "--max-events", "5"]
+    argv += ["--warm-start", "0"]
     assert main(["config", *argv, "--idle-exit", "3", "--create-topics"]) == 0
     out = capsys.readouterr().out
     settings = orjson.loads(out)
     assert settings["kafka"]["group_id"] == "from-toml"
     assert settings["kafka"]["bootstrap_servers"] == "env:9092"
     assert settings["threshold"]["q"] == 0.995 and settings["metrics"]["port"] == 9464
+    assert settings["kafka"]["warm_start_events"] == 0  # the default is 10,000
     assert settings["kafka"]["sasl_password"] == "**********"
     assert settings["kafka"]["extra"] == {"ssl.key.password": "**********"}
     assert "hunter2" not in out and "also-secret" not in out
