@@ -640,6 +640,11 @@ def measure_broker(
         end = {(names["events"], p): o for p, o in backlog_end.items()}
         end.update({(names["live"], p): o for p, o in report.end_offsets.items()})
         committed = _committed(broker.bootstrap, group, sorted(end))
+        progress(f"F={n_features}: warm start")
+        with _settled():
+            warm_events, warm_s = _warm_start(
+                settings, scorer, names["events"], sorted(backlog_end), config.fetch_wait_ms
+            )
 
     lat = np.asarray(report.latencies_ms, dtype=np.float64)
     drain_events = soak.backlog
@@ -673,6 +678,9 @@ def measure_broker(
         "alerts_read": report.alerts,
         "events_total": stats.events,
         "committed_equals_end_offsets": committed == end,
+        "warm_start_events": warm_events,
+        "warm_start_s": round(warm_s, 4),
+        "warm_start_events_per_s": round(warm_events / warm_s) if warm_s > 0 else None,
         "soak_cpu_percent": soak.cpu_percent,
         **_by_quarter(soak, report, config.seconds),
         "rss_start_mb": round(soak.rss_start_mb, 1),
@@ -680,6 +688,28 @@ def measure_broker(
         "rss_max_during_soak_mb": round(soak.rss_max_mb, 1),
         "errors": [*report.errors, *([soak.error] if soak.error else [])],
     }
+
+
+def _warm_start(
+    settings: Any, scorer: Scorer, topic: str, partitions: list[int], fetch_wait_ms: int
+) -> tuple[int, float]:
+    """A second detector of the group, given the drained backlog's partitions (their ends
+    committed): the records it reads again into its state first (streamer.warmstart, at most
+    ``kafka.warm_start_events`` a partition) and the seconds that took."""
+    from confluent_kafka import TopicPartition
+
+    from streamer.runner import Detector
+
+    detector = Detector(settings, scorer, consumer_overrides={"fetch.wait.max.ms": fetch_wait_ms})
+    try:
+        started = time.perf_counter()
+        detector.warm_up([TopicPartition(topic, p) for p in partitions])
+        return detector.stats.warm_events, time.perf_counter() - started
+    finally:
+        detector.consumer.close()
+        detector.metrics.close()
+        del detector
+        gc.collect()
 
 
 def _by_quarter(soak: _Soak, report: Any, seconds: float) -> dict[str, Any]:
@@ -1071,6 +1101,10 @@ def format_report(result: dict[str, Any]) -> str:
                     )
                 )
                 + " | - | - |",
+                f"| warm start: {b['warm_start_events']} records read again into a new "
+                f"detector's state ({b['warm_start_s']} s) | "
+                f"{_k(b['warm_start_events_per_s'])} | end to end "
+                f"{_k(b['end_to_end_events_per_s'])} | - |",
                 f"| RSS at soak start / end / max ({b['soak_s']:g} s) | {b['rss_start_mb']} / "
                 f"{b['rss_end_mb']} / {b['rss_max_during_soak_mb']} MB | - | - |",
             ]

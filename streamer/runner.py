@@ -340,6 +340,10 @@ class Detector:
         if partitions and self.settings.kafka.warm_start_events:
             self._warm_up(consumer, partitions)
 
+    def warm_up(self, partitions: list[TopicPartition]) -> None:
+        """What assigning ``partitions`` starts with: the warm start (the benchmark times it)."""
+        self._warm_up(self.consumer, partitions)
+
     def _warm_up(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Feed the pipeline the records before each assigned partition's committed offset, with
         every output dropped (streamer.warmstart); where the group never committed, nothing."""
@@ -902,6 +906,7 @@ class Detector:
             events=self.stats.events,
             alerts=self.stats.alerts,
             dead_lettered=self.stats.dead_lettered,
+            warm_events=self.stats.warm_events,
             elapsed_s=round(self.stats.elapsed_s, 3),
         )
 

@@ -137,7 +137,7 @@ def test_the_warm_start_reads_at_most_its_count_and_nothing_fed_already(kit) -> 
         try:
             if fed is not None:
                 detector._fed[(topic, 0)] = fed
-            detector._warm_up(detector.consumer, [TopicPartition(topic, 0)])
+            detector.warm_up([TopicPartition(topic, 0)])
             assert detector.stats.warm_events == expected, (fed, count)
             assert detector._fed[(topic, 0)] == 300
             assert detector.stats.events == detector.stats.alerts == 0
