@@ -25,14 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
 from streamer.kafka_io import REFUSED, client
 
-log = structlog.get_logger(__name__)
-
+# Group consumer properties this consumer must not take: it is not the group's static member.
+_NOT_INHERITED = frozenset({"group.instance.id"})
 # Longest one consume call waits: the stop request and the deadline are checked between calls.
 _POLL_S = 0.2
 TopicPart = tuple[str, int]
@@ -62,9 +61,8 @@ class WarmRead:
     every range to its end."""
 
     events: int = 0
-    reached: dict[TopicPart, int] = field(
-        default_factory=dict
-    )  # the next offset after the last fed
+    # per partition, the offset after the last record fed
+    reached: dict[TopicPart, int] = field(default_factory=dict)
     complete: bool = True
     errors: list[str] = field(default_factory=list)
 
@@ -93,7 +91,7 @@ def read_ranges(
     consumer = client(
         Consumer,
         {
-            **consumer_config,
+            **{k: v for k, v in consumer_config.items() if k not in _NOT_INHERITED},
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,

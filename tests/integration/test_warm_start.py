@@ -65,7 +65,7 @@ def test_a_restarted_detector_carries_on_as_if_it_had_never_stopped(kit) -> None
     names = kit.topics("warm", partitions=1)
     topic = names["in"]
     _produce(kit.bootstrap, topic)
-    sections = {"events": {"alert_gate_z": "auto", "alert_cooldown_s": 30}}
+    sections = {"events": {"alert_gate_z": "auto", "alert_cooldown_s": 300}}
 
     def detector(group: str, scores: str, **kafka: Any) -> Any:
         return kit.detector(
