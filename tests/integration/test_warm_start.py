@@ -148,3 +148,60 @@ def test_the_warm_start_reads_at_most_its_count_and_nothing_fed_already(kit) -> 
     assert kit.read(names["scores"], idle_s=1) == kit.read(names["alerts"], idle_s=1) == []
     assert kit.read(names["dead"], idle_s=1) == []
     assert kit.committed(names["group"], topic, partitions=1) == {0: 300}
+
+
+def test_a_detector_that_joins_warms_up_the_partition_it_takes_over(kit) -> None:
+    """In a rebalance, the member that takes a partition over reads its records before the committed
+    offset into its state, and nothing is published twice: every offset is scored exactly once. When
+    the partition comes back to the first member, it reads again only what the other processed."""
+    import threading
+
+    names = kit.topics("warm-join", partitions=2)
+    topic = names["in"]
+    producer = Producer({"bootstrap.servers": kit.bootstrap, "linger.ms": 20})
+    ends = {0: 0, 1: 0}
+
+    def send(count: int) -> None:
+        for i in range(count):
+            for partition in (0, 1):
+                producer.produce(
+                    topic, orjson.dumps({"x": float(i % 7), "y": 1.0}), partition=partition
+                )
+                ends[partition] += 1
+        producer.flush(10)
+
+    send(1_000)
+    first = kit.detector(names)
+    first_run = threading.Thread(target=first.run, kwargs={"idle_exit_s": 15})
+    first_run.start()
+    second = None
+    try:
+        deadline = time.monotonic() + 60
+        while kit.committed(names["group"], topic, partitions=2) != ends:
+            assert time.monotonic() < deadline, "the first detector did not drain the topic"
+            time.sleep(0.3)
+        second = kit.detector(names)
+        second_run = threading.Thread(target=second.run, kwargs={"idle_exit_s": 5})
+        second_run.start()
+        deadline = time.monotonic() + 60
+        while second.stats.warm_events == 0:  # it was given a partition, and read it again
+            assert time.monotonic() < deadline, "the second detector never took a partition"
+            time.sleep(0.3)
+        send(500)
+        second_run.join(timeout=60)
+        first_run.join(timeout=60)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        first_run.join(timeout=60)
+    assert not first_run.is_alive() and not second_run.is_alive()
+    # The partition taken over had 1,000 records before its committed offset: all read again. The
+    # second member leaves first (its idle exit is shorter), and the partition goes back to the
+    # first, which had fed its first 1,000 records itself: it reads the second's 500 only.
+    assert second.stats.warm_events == 1_000 and first.stats.warm_events == 500
+    assert first.stats.events + second.stats.events == sum(ends.values())
+    records = [r for r in kit.read(names["scores"]) if r["topic"] == topic]
+    scored = [(r["partition"], r["offset"]) for r in records]
+    assert len(scored) == len(set(scored)) == sum(ends.values()), "an event scored twice or never"
+    assert kit.committed(names["group"], topic, partitions=2) == ends
