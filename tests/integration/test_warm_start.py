@@ -74,7 +74,7 @@ def test_a_restarted_detector_carries_on_as_if_it_had_never_stopped(kit) -> None
 
     # The reference: one detector through the whole stream.
     reference = kit.topics("warm-ref", partitions=1)
-    stats = detector(reference["group"], reference["scores"]).run(idle_exit_s=4)
+    stats = detector(reference["group"], reference["scores"]).run(max_events=TOTAL)
     assert stats.events == TOTAL and stats.warm_events == 0
     never_stopped = _decisions(kit, reference["scores"], topic)
 
@@ -86,7 +86,7 @@ def test_a_restarted_detector_carries_on_as_if_it_had_never_stopped(kit) -> None
         assert first.events == FIRST
         assert kit.committed(other["group"], topic, partitions=1) == {0: FIRST}
         second = detector(other["group"], other["scores"], warm_start_events=warm_events)
-        stats = second.run(idle_exit_s=4)
+        stats = second.run(max_events=TOTAL - FIRST)
         # the warm records were read again into the state only: neither counted nor published
         assert stats.events == TOTAL - FIRST
         assert stats.warm_events == (FIRST if warm_events else 0)
@@ -172,7 +172,7 @@ def test_a_detector_that_joins_warms_up_the_partition_it_takes_over(kit) -> None
 
     send(1_000)
     first = kit.detector(names)
-    first_run = threading.Thread(target=first.run, kwargs={"idle_exit_s": 15})
+    first_run = threading.Thread(target=first.run, kwargs={"idle_exit_s": 60})
     first_run.start()
     second = None
     try:
@@ -181,14 +181,24 @@ def test_a_detector_that_joins_warms_up_the_partition_it_takes_over(kit) -> None
             assert time.monotonic() < deadline, "the first detector did not drain the topic"
             time.sleep(0.3)
         second = kit.detector(names)
-        second_run = threading.Thread(target=second.run, kwargs={"idle_exit_s": 5})
+        second_run = threading.Thread(target=second.run, kwargs={"idle_exit_s": 60})
         second_run.start()
         deadline = time.monotonic() + 60
         while second.stats.warm_events == 0:  # it was given a partition, and read it again
             assert time.monotonic() < deadline, "the second detector never took a partition"
             time.sleep(0.3)
         send(500)
+        deadline = time.monotonic() + 60
+        while kit.committed(names["group"], topic, partitions=2) != ends:
+            assert time.monotonic() < deadline, "the 500 new events of each partition not committed"
+            time.sleep(0.3)
+        second.stop()  # it leaves the group: its partition goes back to the first
         second_run.join(timeout=60)
+        deadline = time.monotonic() + 60
+        while first.stats.warm_events == 0:
+            assert time.monotonic() < deadline, "the partition never came back to the first"
+            time.sleep(0.3)
+        first.stop()
         first_run.join(timeout=60)
     finally:
         first.stop()
@@ -196,9 +206,9 @@ def test_a_detector_that_joins_warms_up_the_partition_it_takes_over(kit) -> None
             second.stop()
         first_run.join(timeout=60)
     assert not first_run.is_alive() and not second_run.is_alive()
-    # The partition taken over had 1,000 records before its committed offset: all read again. The
-    # second member leaves first (its idle exit is shorter), and the partition goes back to the
-    # first, which had fed its first 1,000 records itself: it reads the second's 500 only.
+    # The partition taken over had 1,000 records before its committed offset: all read again. When
+    # the second member leaves, the partition goes back to the first, which had fed its first 1,000
+    # records itself: it reads the second's 500 only.
     assert second.stats.warm_events == 1_000 and first.stats.warm_events == 500
     assert first.stats.events + second.stats.events == sum(ends.values())
     records = [r for r in kit.read(names["scores"]) if r["topic"] == topic]
