@@ -78,6 +78,16 @@ def _int_or_none(value: SecretStr | None) -> int | None:
         return None
 
 
+def _poll_and_flush_ms(extra: dict[str, SecretStr]) -> tuple[int, str, int | None]:
+    """From ``kafka.extra``, the values in effect: max.poll.interval.ms, the name of the producer's
+    delivery timeout (``delivery.timeout.ms`` where set, else its alias ``message.timeout.ms``) and its
+    milliseconds (None where it is not a whole number)."""
+    poll_ms = _int_or_none(extra.get("max.poll.interval.ms")) or _MAX_POLL_INTERVAL_MS
+    key = "delivery.timeout.ms" if "delivery.timeout.ms" in extra else "message.timeout.ms"
+    ms = _int_or_none(extra[key]) if key in extra else DEFAULT_MESSAGE_TIMEOUT_MS
+    return poll_ms, key, ms
+
+
 class KafkaSettings(_Section):
     """Where to read events and write alerts, and how to talk to the brokers."""
 
@@ -127,12 +137,7 @@ class KafkaSettings(_Section):
         # the consumer: librdkafka's 0 ("never give up") would stop the service at the first slow
         # flush, and a wait past max.poll.interval.ms drops the consumer from its group. Checked on
         # the values in effect, defaults included.
-        poll_ms = _int_or_none(value.get("max.poll.interval.ms")) or _MAX_POLL_INTERVAL_MS
-        key = next(
-            (k for k in ("delivery.timeout.ms", "message.timeout.ms") if k in value),
-            "message.timeout.ms",
-        )
-        ms = _int_or_none(value[key]) if key in value else DEFAULT_MESSAGE_TIMEOUT_MS
+        poll_ms, key, ms = _poll_and_flush_ms(value)
         if ms is None or not 0 < ms < poll_ms - FLUSH_SLACK_MS:
             raise ValueError(
                 f"{key} ({'set' if key in value else DEFAULT_MESSAGE_TIMEOUT_MS}) must be a whole "
@@ -147,10 +152,9 @@ class KafkaSettings(_Section):
         """The warm-start read runs inside a consumer poll, and the batch that poll returns may then
         wait up to message.timeout.ms (and FLUSH_SLACK_MS) for its alerts: together they must stay
         below max.poll.interval.ms, or the group drops the detector."""
-        value = self.extra
-        poll_ms = _int_or_none(value.get("max.poll.interval.ms")) or _MAX_POLL_INTERVAL_MS
-        key = "delivery.timeout.ms" if "delivery.timeout.ms" in value else "message.timeout.ms"
-        flush_ms = _int_or_none(value.get(key)) or DEFAULT_MESSAGE_TIMEOUT_MS
+        poll_ms, key, flush_ms = _poll_and_flush_ms(self.extra)
+        if flush_ms is None:  # refused by the check of extra
+            return self
         if self.warm_start_events and self.warm_start_timeout_s * 1000 + flush_ms >= (
             poll_ms - FLUSH_SLACK_MS
         ):

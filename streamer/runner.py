@@ -206,8 +206,7 @@ class Detector:
         # when the partition goes: if it comes back, what was fed already is not fed again.
         self._fed: dict[tuple[str, int], int] = {}
         consumer_config = {
-            **kafka.consumer_config(),
-            **(consumer_overrides or {}),
+            **self._warm_config,
             **callbacks,
             "on_commit": self._on_commit,
         }
@@ -338,19 +337,16 @@ class Detector:
             "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions]
         )
         if partitions and self.settings.kafka.warm_start_events:
-            self._warm_up(consumer, partitions)
+            self.warm_up(partitions)
 
     def warm_up(self, partitions: list[TopicPartition]) -> None:
-        """What assigning ``partitions`` starts with: the warm start (the benchmark times it)."""
-        self._warm_up(self.consumer, partitions)
-
-    def _warm_up(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Feed the pipeline the records before each assigned partition's committed offset, with
-        every output dropped (streamer.warmstart); where the group never committed, nothing."""
+        every output dropped (streamer.warmstart); where the group never committed, nothing. What
+        an assignment starts with (the benchmark times it)."""
         kafka = self.settings.kafka
         names = [f"{p.topic}[{p.partition}]" for p in partitions]
         try:
-            committed = consumer.committed(
+            committed = self.consumer.committed(
                 [TopicPartition(p.topic, p.partition) for p in partitions], timeout=_PIN_TIMEOUT_S
             )
         except KafkaException as exc:
