@@ -334,6 +334,10 @@ class EventSettings(_Section):
     # a budget of their own beside the windows'.
     novelty: bool | Literal["auto"] = "auto"
     novelty_history: int = Field(default=2_000, ge=8, le=1_000_000)
+    # Where an entity's rows repeat (a daily cycle, say), novelty compares a window only with windows
+    # at the same phase of earlier cycles, so that a shape that is normal at another time of day
+    # counts as new (streamer.novelty.estimate_period).
+    novelty_seasonal: bool = True
 
     def novelty_on(self, window: int, n_features: int) -> bool:
         """Whether a model of this window and feature count weighs its scores by novelty."""

@@ -803,6 +803,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=EventSettings().novelty_history,
         help="as events.novelty_history: rows of each key that novelty compares a window with",
     )
+    p.add_argument(
+        "--novelty-seasonal",
+        choices=["on", "off"],
+        default="on" if EventSettings().novelty_seasonal else "off",
+        help="as events.novelty_seasonal: where a key's rows repeat, compare a window only with "
+        "windows at the same phase of earlier cycles",
+    )
     p.add_argument("--window", type=int, default=defaults_d.window, help="conv / lag window length")
     p.add_argument("--latent-dim", type=int, help="autoencoder latent width (default: from F)")
     p.add_argument(
@@ -875,7 +882,11 @@ def settings_record(
             "short": events.alert_gate_short,
             "long": events.alert_gate_long,
         },
-        "novelty": {"on": events.novelty, "history": events.novelty_history},
+        "novelty": {
+            "on": events.novelty,
+            "history": events.novelty_history,
+            "seasonal": events.novelty_seasonal,
+        },
     }
 
 
@@ -939,6 +950,7 @@ def settings_from(
         alert_gate_long=args.gate_spans[1],
         novelty="auto" if args.novelty == "auto" else args.novelty == "on",
         novelty_history=args.novelty_history,
+        novelty_seasonal=args.novelty_seasonal == "on",
     )
     spec = replace(
         DetectorSpec(),

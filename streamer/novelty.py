@@ -19,6 +19,13 @@ Until an entity has ``warmup`` novelty values (its first 99 rows at W = 32: 49 b
 distance), or while fewer than ``k`` earlier windows exist, the weight is 1. On NAB this took conv's
 corpus score from 54.2 to 61.5 with a 120-row cooldown (README, detection quality).
 
+Seasonal novelty (``seasonal=True``, the pipeline's default: ``events.novelty_seasonal``): where an
+entity's rows repeat with a period (``estimate_period``, from its kept rows at 600 rows and then every
+``history`` rows; a period found stands until another is found), a window is compared only with the
+windows ending a whole number of periods before it, within ``phase_tolerance`` rows, and with every
+window while fewer than ``k`` such exist. A usual shape at an unusual time, or a usual time without its
+shape, is then new: with every window as candidates, it was not.
+
 Cost: one ``(rows, history) x (window * features)`` product per entity and batch, so about
 ``history * window * features`` multiply-adds per event, plus a fixed cost per entity and batch
 (~150-250 us) that dominates where keys have one or two events per batch; on by default (``auto``)
@@ -38,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 import torch
-from numpy.lib.stride_tricks import as_strided
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +74,60 @@ _FEW_QUERIES = 6
 # Candidates picked on float32 distances beyond the k needed, whose distances are then taken exactly:
 # room for float32's rounding to misorder near ties.
 _SPARE = 4
+# Seasonal novelty: an entity's period is first estimated once it has this many rows (so periods up
+# to half of it: a day of 5-minute data), then again every `history` rows, from the rows kept.
+PERIOD_FIRST_ROWS = 600
+# A lag is the period where the rows' autocorrelation peaks there at PERIOD_MIN_ACF or more, at least
+# PERIOD_MIN_DEPTH above its lowest value at any shorter lag (a cycle goes down and comes back; a
+# smooth series' slowly falling autocorrelation does not), and among such peaks within
+# PERIOD_TIE of the highest it is the shortest (a period's multiples peak about as high).
+PERIOD_MIN_ACF = 0.5
+PERIOD_MIN_DEPTH = 0.5
+PERIOD_TIE = 0.05
+PERIOD_MIN = 4
+# Windows "at the same phase": within a 24th of the period (an hour of a daily cycle) of it.
+PHASE_FRACTION = 24
+
+
+def phase_tolerance(period: int) -> int:
+    """Rows either side of a whole number of periods that still count as the same phase."""
+    return max(1, round(period / PHASE_FRACTION))
+
+
+def estimate_period(rows: np.ndarray) -> int | None:
+    """The rows' period (rows per cycle), or None where they do not repeat (see PERIOD_MIN_ACF).
+
+    The autocorrelation at each lag (unbiased: each lag's sum over its own number of pairs), summed
+    over the features that vary; non-finite values count as their feature's mean. Lags from
+    PERIOD_MIN to half the rows, so that a period is seen at least twice.
+    """
+    x = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+    n = len(x)
+    if n < 2 * PERIOD_MIN + 2:
+        return None
+    finite = np.isfinite(x)
+    x = np.where(finite, x, 0.0)
+    counts = finite.sum(axis=0)
+    means = np.divide(x.sum(axis=0), counts, out=np.zeros(x.shape[1]), where=counts > 0)
+    x = np.where(finite, x - means, 0.0)
+    x = x[:, x.std(axis=0) > 0]
+    if not x.shape[1]:
+        return None
+    spectrum = np.fft.rfft(x, 2 * n, axis=0)  # zero-padded: linear, not circular, correlation
+    acov = np.fft.irfft(spectrum * np.conj(spectrum), axis=0)[: n // 2 + 1].sum(axis=1)
+    acov /= np.arange(n, n - len(acov), -1)
+    if not acov[0] > 0:
+        return None
+    acf = acov / acov[0]
+    lags = np.arange(PERIOD_MIN, len(acf) - 1)
+    peak = (acf[lags] > acf[lags - 1]) & (acf[lags] >= acf[lags + 1])
+    lowest = np.minimum.accumulate(acf)  # lowest[k]: min over lags 0..k
+    good = peak & (acf[lags] >= PERIOD_MIN_ACF) & (acf[lags] - lowest[lags - 1] >= PERIOD_MIN_DEPTH)
+    if not good.any():
+        return None
+    found = lags[good]
+    top = acf[found].max()
+    return int(found[acf[found] >= top - PERIOD_TIE].min())
 
 
 @dataclass(slots=True)
@@ -75,6 +136,7 @@ class _Entity:
     seen: int  # rows ever seen (complete windows exist from row window - 1 on)
     count: int  # novelty values folded into the running mean
     mean_log: float  # the running mean of log novelty
+    period: int | None = None  # rows per cycle, where the entity's rows repeat (seasonal only)
 
 
 class NoveltyMemory:
@@ -92,6 +154,7 @@ class NoveltyMemory:
         alpha: float = 0.001,
         max_entities: int = 100_000,
         transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        seasonal: bool = False,
     ) -> None:
         if window < 2:
             raise ValueError(f"window must be at least 2, got {window}")
@@ -112,6 +175,9 @@ class NoveltyMemory:
         # clipped as the model sees them), so that no feature outweighs the others by its unit
         # alone, and one absurd reading moves a distance no further than it moves the model's input.
         self.transform = transform
+        # Where an entity's rows repeat with a period (estimate_period), a window is compared only
+        # with windows at the same phase of earlier cycles: see the module docstring.
+        self.seasonal = seasonal
         # Queries compared at a time: their (queries, candidates) block stays near _CHUNK_ELEMENTS.
         self.query_chunk = max(1, min(_QUERY_CHUNK, _CHUNK_ELEMENTS // (history + _QUERY_CHUNK)))
         # The exponential mean's closed form over at most this many values: (1 - alpha)^-n stays
@@ -177,6 +243,34 @@ class NoveltyMemory:
         state = self._entities.pop(entity, None)
         if state is None:
             state = _Entity(np.empty((0, self.n_features), np.float32), 0, 0, 0.0)
+        if not self.seasonal:
+            weights = self._part_weights(state, new)
+        else:
+            # The period is estimated again at fixed counts of the entity's rows, from the rows kept
+            # before that one: which rows a batch holds does not change any weight.
+            parts, i = [], 0
+            while i < len(new):
+                step = self._next_estimate(state.seen) - state.seen
+                if step == 0:
+                    # a period found stands until another is found: over longer spans a cycle's
+                    # jitter (a daily job starting a few minutes early or late) blurs the peak
+                    state.period = estimate_period(state.rows) or state.period
+                    step = self._next_estimate(state.seen + 1) - state.seen
+                parts.append(self._part_weights(state, new[i : i + step]))
+                i += step
+            weights = np.concatenate(parts) if parts else np.ones(0)
+        self._entities[entity] = state
+        return weights
+
+    def _next_estimate(self, seen: int) -> int:
+        """The first count of rows, at least ``seen``, at which the period is estimated: at
+        ``PERIOD_FIRST_ROWS`` rows, then every ``history`` rows."""
+        if seen <= PERIOD_FIRST_ROWS:
+            return PERIOD_FIRST_ROWS
+        return PERIOD_FIRST_ROWS + -(-(seen - PERIOD_FIRST_ROWS) // self.history) * self.history
+
+    def _part_weights(self, state: _Entity, new: np.ndarray) -> np.ndarray:
+        """The weights of an entity's next rows, which are then kept (``state`` updated in place)."""
         w, n = self.window, len(new)
         seq = np.concatenate([state.rows, new])
         p = len(state.rows)
@@ -192,16 +286,25 @@ class NoveltyMemory:
             )
             for lo in range(0, n, self.query_chunk):
                 hi = min(n, lo + self.query_chunk)
-                dist[lo:hi] = self._kth_distances(flat, p + lo, p + hi, first_complete)
+                d = self._kth_distances(flat, p + lo, p + hi, first_complete, state.period)
+                if state.period is not None and not np.isfinite(d).all():
+                    # fewer than k windows at the same phase yet: compared with every window
+                    plain = self._kth_distances(flat, p + lo, p + hi, first_complete)
+                    d = np.where(np.isfinite(d), d, plain)
+                dist[lo:hi] = d
         weights = self._fold(state, dist)
         keep = self.history + w - 1
         state.rows = seq[-keep:].copy() if len(seq) > keep else seq
         state.seen += n
-        self._entities[entity] = state
         return weights
 
     def _kth_distances(
-        self, flat: np.ndarray, q_lo: int, q_hi: int, first_complete: int
+        self,
+        flat: np.ndarray,
+        q_lo: int,
+        q_hi: int,
+        first_complete: int,
+        period: int | None = None,
     ) -> np.ndarray:
         """For the windows ending at seq rows [q_lo, q_hi): the k-th smallest distance to a complete
         window ending ``exclusion`` to ``history - 1`` rows before it (NaN with fewer than k).
@@ -209,7 +312,8 @@ class NoveltyMemory:
         The nearest few are picked on float32 products (centred on the candidates' median, so that
         ``|a|^2 + |b|^2 - 2ab`` does not cancel on a series far from zero; float64 where values are
         too large for float32's squares), then their distances taken again exactly in float64: the
-        result does not depend on how rows were batched.
+        result does not depend on how rows were batched. With a ``period``, only windows at the same
+        phase of an earlier cycle count (``_allowed``); inf where fewer than k of them exist.
         """
         w = self.window
         out = np.full(q_hi - q_lo, np.nan)
@@ -229,7 +333,7 @@ class NoveltyMemory:
         cand = flat[c_lo - (w - 1) : c_hi - (w - 1)]  # window index = its end row - (w - 1)
         query = flat[qs - (w - 1)]
         if len(qs) <= _FEW_QUERIES:
-            out[ok_query] = np.where(enough, self._few_exact(cand, query, qs, c_lo), np.nan)
+            out[ok_query] = np.where(enough, self._few_exact(cand, query, qs, c_lo, period), np.nan)
             return out
         # the median of 32-odd rows spread over the candidates: one absurd row cannot move it
         spread = cand[:: max(1, len(cand) // 32)]
@@ -242,7 +346,8 @@ class NoveltyMemory:
             c, q = c.astype(np.float64), q.astype(np.float64)
         c, q = torch.from_numpy(np.ascontiguousarray(c)), torch.from_numpy(np.ascontiguousarray(q))
         d2 = torch.addmm((c * c).sum(1)[None, :], q, c.T, alpha=-2.0)  # |c|^2 - 2qc: |q|^2 aside
-        d2.masked_fill_(torch.from_numpy(~self._allowed(np.arange(c_lo, c_hi), qs)), math.inf)
+        allowed = self._allowed(np.arange(c_lo, c_hi), qs, period)
+        d2.masked_fill_(torch.from_numpy(~allowed), math.inf)
         pick = min(self.k + _SPARE, d2.shape[1])
         nearest = d2.topk(pick, dim=1, largest=False).indices.numpy()  # (n, pick) candidate rows
         diff = cand[nearest].astype(np.float64) - query.astype(np.float64)[:, None, :]
@@ -252,14 +357,45 @@ class NoveltyMemory:
         out[ok_query] = np.where(enough, np.sqrt(kth), np.nan)
         return out
 
-    def _allowed(self, c_ends: np.ndarray, q_ends: np.ndarray) -> np.ndarray:
+    def _allowed(
+        self, c_ends: np.ndarray, q_ends: np.ndarray, period: int | None = None
+    ) -> np.ndarray:
         """(queries, candidates): whether the candidate window, ending at seq row ``c_ends[j]``, ends
-        ``exclusion`` to ``history - 1`` rows before the query window ending at ``q_ends[i]``."""
-        gap = q_ends[:, None] - c_ends[None, :]
-        return (gap >= self.exclusion) & (gap < self.history)
+        ``exclusion`` to ``history - 1`` rows before the query window ending at ``q_ends[i]``; with
+        a ``period``, also within ``phase_tolerance(period)`` rows of a whole number of periods
+        (at least one) before it."""
+        q, c = len(q_ends), len(c_ends)
+        if q <= _FEW_QUERIES:  # a key's event or two (the usual case with many keys): directly
+            gap = q_ends[:, None] - c_ends[None, :]
+            ok = (gap >= self.exclusion) & (gap < self.history)
+            if period is not None:
+                tol, phase = phase_tolerance(period), gap % period
+                ok &= (gap >= period - tol) & ((phase <= tol) | (phase >= period - tol))
+            return ok
+        # Whether a gap is allowed, from a table of the gaps that occur: comparisons (and a
+        # modulo) once per gap rather than once per pair
+        lo = int(q_ends.min()) - int(c_ends.max())
+        g = np.arange(lo, int(q_ends.max()) - int(c_ends.min()) + 1)
+        table = (g >= self.exclusion) & (g < self.history)
+        if period is not None:
+            tol, phase = phase_tolerance(period), g % period
+            table &= (g >= period - tol) & ((phase <= tol) | (phase >= period - tol))
+        if q_ends[-1] - q_ends[0] == q - 1 and c_ends[-1] - c_ends[0] == c - 1:
+            # both runs of consecutive rows (as they always are here): row i of the answer is the
+            # table read backwards from gap q_ends[i] - c_ends[0], so each row is a window of the
+            # reversed table, one copy in all
+            back = np.ascontiguousarray(table[::-1])
+            first = len(table) - 1 - (int(q_ends[0]) - int(c_ends[0]) - lo)
+            return sliding_window_view(back, c)[first - np.arange(q)]
+        return table[q_ends[:, None] - c_ends[None, :] - lo]
 
     def _few_exact(
-        self, cand: np.ndarray, query: np.ndarray, qs: np.ndarray, c_lo: int
+        self,
+        cand: np.ndarray,
+        query: np.ndarray,
+        qs: np.ndarray,
+        c_lo: int,
+        period: int | None = None,
     ) -> np.ndarray:
         """The k-th distances of a few queries against their allowed candidates, by direct
         differences (no cancellation; sums in float64): cheaper than the product path where a key
@@ -268,7 +404,7 @@ class NoveltyMemory:
         hi = int(qs[-1]) - self.exclusion - c_lo + 1
         diff = cand[None, lo:hi] - query[:, None, :]  # (n, C, D) float32
         d2 = np.einsum("ncj,ncj->nc", diff, diff, dtype=np.float64)
-        d2[~self._allowed(c_lo + lo + np.arange(hi - lo), qs)] = math.inf
+        d2[~self._allowed(c_lo + lo + np.arange(hi - lo), qs, period)] = math.inf
         kth = np.partition(d2, self.k - 1, axis=1)[:, self.k - 1]
         with np.errstate(invalid="ignore"):
             return np.sqrt(kth)

@@ -478,7 +478,14 @@ class Pipeline:
             log.warning("novelty_entities_capped", entities=entities, novelty_history=history)
         units = _units(scorer)
         transform = None if units is None else _novelty_units(*units)
-        return NoveltyMemory(w, f, history=history, max_entities=entities, transform=transform)
+        return NoveltyMemory(
+            w,
+            f,
+            history=history,
+            max_entities=entities,
+            transform=transform,
+            seasonal=self.events.novelty_seasonal,
+        )
 
     def _window_chunk_rows(self) -> int:
         """Rows whose windows are built and scored at a time (all of a batch, for the usual sizes)."""

@@ -19,7 +19,15 @@ def test_demo_json_summary_is_complete_and_good() -> None:
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     summary = orjson.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"events", "alerts", "dead_lettered", "precision", "recall", "f1", "events_per_s"} <= set(summary)
+    assert {
+        "events",
+        "alerts",
+        "dead_lettered",
+        "precision",
+        "recall",
+        "f1",
+        "events_per_s",
+    } <= set(summary)
     assert summary["events"] == 16_000
     assert summary["dead_lettered"] == summary["malformed_sent"] > 0
     assert summary["precision"] > 0.8 and summary["recall"] > 0.8

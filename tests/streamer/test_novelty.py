@@ -10,7 +10,13 @@ import pytest
 
 from models.scaling import RobustScaler
 from streamer.config import EventSettings, ThresholdSettings
-from streamer.novelty import NoveltyMemory, _Entity
+from streamer.novelty import (
+    PERIOD_FIRST_ROWS,
+    NoveltyMemory,
+    _Entity,
+    estimate_period,
+    phase_tolerance,
+)
 from streamer.pipeline import Message, Pipeline
 
 
@@ -277,3 +283,121 @@ def test_a_swap_to_a_model_that_scales_rows_differently_starts_the_history_again
 def test_auto_cooldown_follows_novelty() -> None:
     assert pipeline(OneFeature()).cooldown.cooldown_ms == 120_000
     assert pipeline(OneFeature(), novelty=False).cooldown.cooldown_ms == 300_000
+
+
+# --- seasonal novelty: windows compared only with windows at the same phase of earlier cycles ---
+
+
+def test_the_period_is_found_where_rows_repeat_and_nowhere_else() -> None:
+    rng = np.random.default_rng(6)
+    t = np.arange(600)
+    assert estimate_period(np.sin(2 * np.pi * t / 50)[:, None]) == 50
+    daily = np.where(t % 288 < 100, 1.0, 0.0) + 0.1 * rng.normal(size=600)  # two 5-minute days
+    assert estimate_period(daily[:, None]) in (287, 288, 289)
+    # no cycle: white noise, a random walk (its autocorrelation falls slowly, with ripples), a
+    # constant, too few rows
+    assert estimate_period(rng.normal(size=(600, 1))) is None
+    assert estimate_period(np.cumsum(rng.normal(size=(600, 1)), axis=0)) is None
+    assert estimate_period(np.zeros((600, 1))) is None
+    assert estimate_period(np.sin(2 * np.pi * t[:9] / 4)[:, None]) is None
+    # a cycle seen only once in the rows (period over half of them) is not a period
+    assert estimate_period(np.sin(2 * np.pi * t / 400)[:, None]) is None
+    # the shortest of a period's multiples; a constant feature and non-finite values ignored
+    two = np.stack([np.sin(2 * np.pi * t / 30), np.ones(600)], axis=1)
+    two[[10, 200], 0] = [np.inf, np.nan]
+    assert estimate_period(two) == 30
+
+
+def seasonal_brute_force(x: np.ndarray, w: int, k: int, exclusion: int, history: int) -> np.ndarray:
+    """The seasonal definition, one window at a time: the period in force at row e is the last found
+    of those estimated from the ``history + w - 1`` rows before each count of rows (600, then every
+    ``history``) not after e; with one, only windows ending a whole number of periods (within the tolerance)
+    before count, and where fewer than k do, every earlier window does."""
+    windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), w, axis=0)
+    windows = windows.reshape(len(windows), -1)
+    keep = history + w - 1
+    out = np.full(len(x), np.nan)
+    for e in range(w - 1, len(x)):
+        found = [
+            estimate_period(x[max(0, c - keep) : c])
+            for c in range(PERIOD_FIRST_ROWS, e + 1, history)
+        ]
+        period = next((p for p in reversed(found) if p is not None), None)
+        i = e - w + 1
+        earlier = [j for j in range(len(windows)) if i - history < j <= i - exclusion]
+        if period is not None:
+            tol = phase_tolerance(period)
+            same = [
+                j
+                for j in earlier
+                if i - j >= period - tol and min((i - j) % period, -(i - j) % period) <= tol
+            ]
+            earlier = same if len(same) >= k else earlier
+        if len(earlier) >= k:
+            d = np.sort(np.sqrt(((windows[earlier] - windows[i]) ** 2).sum(axis=1)))
+            out[e] = d[k - 1]
+    return out
+
+
+@pytest.mark.parametrize("sizes", [[1_400], [1, 7, 599, 1, 300, 492], [33] * 42 + [14]])
+def test_seasonal_distances_follow_the_definition_across_batches_and_new_periods(
+    sizes: list[int],
+) -> None:
+    """A cycle of 50 rows, then of 40 from row 900: estimated at rows 600 (50), 900 (still 50: the
+    rows before it) and 1,200 (40); a batch that crosses those counts changes nothing."""
+    rng = np.random.default_rng(7)
+    t = np.arange(1_400)
+    x = np.where(t < 900, np.sin(2 * np.pi * t / 50), np.sin(2 * np.pi * t / 40))
+    x = (x + 0.2 * rng.normal(size=len(t)))[:, None].astype(np.float32)
+    memory = NoveltyMemory(8, 1, history=300, k=3, exclusion=4, warmup=0, seasonal=True)
+    got = distances(memory, np.split(x, np.cumsum(sizes)[:-1]))
+    want = seasonal_brute_force(x, w=8, k=3, exclusion=4, history=300)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    ok = np.isfinite(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-4)
+    assert memory._entities["a"].period == 40
+    # and the seasonal restriction did change distances (it is not the plain definition)
+    plain = brute_force(x, w=8, k=3, exclusion=4, history=300)
+    assert (want[650:] > plain[650:] * 1.01).mean() > 0.3
+
+
+def test_a_usual_shape_at_an_unusual_time_is_new_only_to_seasonal_novelty() -> None:
+    """A bump at the same time of every 100-row 'day'; late on, one comes 50 rows early, and one day
+    goes without it. Plain novelty has seen both windows many times (a bump, a flat stretch); the
+    seasonal one compares them with the same time of earlier days, where they never occurred."""
+    rng = np.random.default_rng(8)
+    t = np.arange(3_000)
+    bump = np.exp(-0.5 * ((np.arange(100) - 20) / 3.0) ** 2)
+    x = np.tile(bump, 30) + 0.02 * rng.normal(size=len(t))
+    x[2_570:2_600] += bump[5:35]  # the day's bump, early (phase 70)
+    x[2_705:2_735] -= bump[5:35]  # the next day's bump, missing (phase 20)
+    rows = x[:, None].astype(np.float32)
+    seasonal = NoveltyMemory(16, 1, history=1_000, seasonal=True).weights(rows, ["s"] * len(t))
+    plain = NoveltyMemory(16, 1, history=1_000).weights(rows, ["s"] * len(t))
+    usual = slice(1_000, 2_500)
+    for w in (seasonal, plain):  # the regular days weigh about 1 either way
+        assert 0.5 < np.median(w[usual]) < 2
+    early, missing = slice(2_570, 2_610), slice(2_705, 2_745)
+    assert seasonal[early].max() > 5 * plain[early].max()
+    assert seasonal[missing].max() > 5 * plain[missing].max()
+    assert seasonal[early].max() > 10 * np.median(seasonal[usual])
+    assert seasonal[missing].max() > 10 * np.median(seasonal[usual])
+
+
+def test_the_pipeline_uses_seasonal_novelty_unless_switched_off() -> None:
+    assert pipeline(OneFeature())._novelty.seasonal  # type: ignore[union-attr]
+    assert not pipeline(OneFeature(), novelty_seasonal=False)._novelty.seasonal  # type: ignore[union-attr]
+
+
+def test_a_period_found_stands_until_another_is_found() -> None:
+    """Estimated at rows 600 and 900 from a cycle of 50, at 1,200 from noise: no period there, so
+    the one found stands (a cycle's jitter over a longer span blurs its peak)."""
+    rng = np.random.default_rng(9)
+    t = np.arange(1_300)
+    x = np.where(t < 880, np.sin(2 * np.pi * t / 50), 0.0) + 0.1 * rng.normal(size=len(t))
+    memory = NoveltyMemory(8, 1, history=300, seasonal=True)
+    memory.weights(x[:1_199, None].astype(np.float32), ["a"] * 1_199)
+    assert memory._entities["a"].period == 50
+    assert estimate_period(memory._entities["a"].rows[-307:]) is None  # what row 1,200 sees
+    memory.weights(x[1_199:, None].astype(np.float32), ["a"] * 101)
+    assert memory._entities["a"].period == 50
