@@ -500,11 +500,13 @@ def test_cli_single_series_writes_json_decisions_and_plot(
         "--label-column", "label", "--window", "16", "--json",
         "--decisions-out", str(out), "--plot", str(png), "--q", "0.99",
         "--cooldown", "20", "--escalation", "3", "--gate-z", "1.5", "--gate-spans", "5,200",
+        "--novelty-seasonal", "off",
     )  # fmt: skip
     assert code == 0
     payload = orjson.loads(capsys.readouterr().out)
     assert (payload["settings"]["cooldown"], payload["settings"]["escalation"]) == (20.0, 3.0)
     assert payload["settings"]["gate"] == {"z": 1.5, "short": 5, "long": 200}
+    assert payload["settings"]["novelty"] == {"on": "auto", "history": 2_000, "seasonal": False}
     assert [d["kind"] for d in payload["detectors"]] == ["pca", "hst"]
     assert payload["n_test"] == 400 and payload["settings"]["threshold"]["q"] == 0.99
     assert {"f1", "precision", "recall", "auprc", "roc_auc", "range_recall"} <= set(
