@@ -366,20 +366,10 @@ class NoveltyMemory:
         (at least one) before it."""
         q, c = len(q_ends), len(c_ends)
         if q <= _FEW_QUERIES:  # a key's event or two (the usual case with many keys): directly
-            gap = q_ends[:, None] - c_ends[None, :]
-            ok = (gap >= self.exclusion) & (gap < self.history)
-            if period is not None:
-                tol, phase = phase_tolerance(period), gap % period
-                ok &= (gap >= period - tol) & ((phase <= tol) | (phase >= period - tol))
-            return ok
-        # Whether a gap is allowed, from a table of the gaps that occur: comparisons (and a
-        # modulo) once per gap rather than once per pair
+            return self._gap_allowed(q_ends[:, None] - c_ends[None, :], period)
+        # From a table of the gaps that occur: comparisons (and a modulo) once per gap, not per pair
         lo = int(q_ends.min()) - int(c_ends.max())
-        g = np.arange(lo, int(q_ends.max()) - int(c_ends.min()) + 1)
-        table = (g >= self.exclusion) & (g < self.history)
-        if period is not None:
-            tol, phase = phase_tolerance(period), g % period
-            table &= (g >= period - tol) & ((phase <= tol) | (phase >= period - tol))
+        table = self._gap_allowed(np.arange(lo, int(q_ends.max()) - int(c_ends.min()) + 1), period)
         if q_ends[-1] - q_ends[0] == q - 1 and c_ends[-1] - c_ends[0] == c - 1:
             # both runs of consecutive rows (as they always are here): row i of the answer is the
             # table read backwards from gap q_ends[i] - c_ends[0], so each row is a window of the
@@ -388,6 +378,14 @@ class NoveltyMemory:
             first = len(table) - 1 - (int(q_ends[0]) - int(c_ends[0]) - lo)
             return sliding_window_view(back, c)[first - np.arange(q)]
         return table[q_ends[:, None] - c_ends[None, :] - lo]
+
+    def _gap_allowed(self, gap: np.ndarray, period: int | None) -> np.ndarray:
+        """Whether a candidate window ending ``gap`` rows before a query window may be its neighbour."""
+        ok = (gap >= self.exclusion) & (gap < self.history)
+        if period is not None:
+            tol, phase = phase_tolerance(period), gap % period
+            ok &= (gap >= period - tol) & ((phase <= tol) | (phase >= period - tol))
+        return ok
 
     def _few_exact(
         self,

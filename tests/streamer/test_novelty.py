@@ -401,3 +401,24 @@ def test_a_period_found_stands_until_another_is_found() -> None:
     assert estimate_period(memory._entities["a"].rows[-307:]) is None  # what row 1,200 sees
     memory.weights(x[1_199:, None].astype(np.float32), ["a"] * 101)
     assert memory._entities["a"].period == 50
+
+
+@pytest.mark.parametrize("period", [None, 5, 24, 50, 288])
+def test_the_allowed_pairs_follow_their_gaps_whatever_the_shapes(period: int | None) -> None:
+    """The pair mask, built directly for a few queries and from a table of gaps for more (read as
+    windows of it where both runs are consecutive), against the rule applied to every pair."""
+    memory = NoveltyMemory(8, 1, history=300, exclusion=4, seasonal=True)
+    for q0, q1, c0, c1 in [
+        (100, 150, 0, 146),
+        (10, 12, 0, 7),
+        (400, 700, 100, 696),
+        (3, 4, 0, 300),
+    ]:
+        q, c = np.arange(q0, q1), np.arange(c0, c1)
+        gap = q[:, None] - c[None, :]
+        want = (gap >= 4) & (gap < 300)
+        if period is not None:
+            tol, phase = phase_tolerance(period), gap % period
+            want &= (gap >= period - tol) & ((phase <= tol) | (phase >= period - tol))
+        assert np.array_equal(memory._allowed(c, q, period), want)
+        assert np.array_equal(memory._allowed(c[::3], q, period), want[:, ::3])  # not consecutive
