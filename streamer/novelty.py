@@ -254,7 +254,8 @@ class NoveltyMemory:
                 if step == 0:
                     # a period found stands until another is found: over longer spans a cycle's
                     # jitter (a daily job starting a few minutes early or late) blurs the peak
-                    state.period = estimate_period(state.rows) or state.period
+                    found = estimate_period(state.rows)
+                    state.period = state.period if found is None else found
                     step = self._next_estimate(state.seen + 1) - state.seen
                 parts.append(self._part_weights(state, new[i : i + step]))
                 i += step
