@@ -289,7 +289,8 @@ class NoveltyMemory:
                 hi = min(n, lo + self.query_chunk)
                 d = self._kth_distances(flat, p + lo, p + hi, first_complete, state.period)
                 if state.period is not None and not np.isfinite(d).all():
-                    # fewer than k windows at the same phase yet: compared with every window
+                    # fewer than k windows at the same phase yet (or a window holding a value
+                    # that is not finite: inf either way): compared with every window
                     plain = self._kth_distances(flat, p + lo, p + hi, first_complete)
                     d = np.where(np.isfinite(d), d, plain)
                 dist[lo:hi] = d
@@ -313,7 +314,9 @@ class NoveltyMemory:
         The nearest few are picked on float32 products (centred on the candidates' median, so that
         ``|a|^2 + |b|^2 - 2ab`` does not cancel on a series far from zero; float64 where values are
         too large for float32's squares), then their distances taken again exactly in float64: the
-        result does not depend on how rows were batched. With a ``period``, only windows at the same
+        result does not depend on how rows were batched, save where more than ``_SPARE`` windows tie
+        with the k-th nearest within float32's rounding (a clean cycle compared with its own repeats:
+        then by about 1e-8 relative, test_evaluate's lead-in test). With a ``period``, only windows at the same
         phase of an earlier cycle count (``_allowed``); inf where fewer than k of them exist.
         """
         w = self.window
