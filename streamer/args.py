@@ -7,9 +7,21 @@ from typing import Literal
 
 ALERT_CAP_HELP = (
     "an alerting score enters the threshold's estimate as at most threshold + (cap - 1) x "
-    "|threshold|, and as the threshold itself in a burst (default 1.05; 1 = never above the "
-    "threshold, so a rolling estimate can only fall)"
+    "|threshold|, and as the threshold itself in a burst; auto (the default) = 1.5 where the rise "
+    "gate is on (windowed models), else 1.05; 1 = never above the threshold, so a rolling estimate "
+    "can only fall"
 )
+
+
+def alert_cap_arg(text: str) -> float | Literal["auto"]:
+    """``threshold.alert_cap`` on a command line: ``auto`` or a number (its range is the setting's to
+    check, so that the error names the flag with the others)."""
+    if text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
 
 
 def _int(text: str, low: int, what: str) -> int:

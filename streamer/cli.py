@@ -14,6 +14,7 @@ import orjson
 
 from streamer.args import (
     ALERT_CAP_HELP,
+    alert_cap_arg,
     non_negative_float,
     positive_float,
     positive_int,
@@ -94,7 +95,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="let alerting scores update the threshold estimate",
     )
-    p.add_argument("--alert-cap", type=float, help=ALERT_CAP_HELP)
+    p.add_argument("--alert-cap", type=alert_cap_arg, help=ALERT_CAP_HELP)
     p.add_argument("--batch-size", type=int, help="max events per micro-batch")
     p.add_argument("--max-wait-ms", type=int, help="max wait after a batch's first event")
     p.add_argument(

@@ -34,6 +34,7 @@ import orjson
 
 from streamer.args import (
     ALERT_CAP_HELP,
+    alert_cap_arg,
     cooldown_arg,
     non_negative_int,
     positive_int,
@@ -78,7 +79,7 @@ DEFAULT_KIND = {"univariate": "conv", "multivariate": "dense"}
 
 LEAD_IN_CHOICES = ("auto", "on", "off")
 # More rows than any state of the pipeline remembers at its defaults (threshold window and novelty's
-# history 2,000 rows, the gate's long span 1,000).
+# history 2,000 rows, the gate's long span 3,000).
 LEAD_IN_MAX_ROWS = 10_000
 
 _TOPIC = "evaluate"
@@ -539,6 +540,7 @@ class EvalResult:
     # what `auto` settings resolved to for this detector (None where not recorded)
     cooldown_s: float | None = None
     novelty: bool | None = None
+    alert_cap: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -550,6 +552,7 @@ class EvalResult:
             "version": self.version,
             "cooldown_s": self.cooldown_s,
             "novelty": self.novelty,
+            "alert_cap": self.alert_cap,
         }
 
 
@@ -590,6 +593,7 @@ def evaluate_series(
                     decisions=decisions if keep_decisions else None,
                     cooldown_s=resolved.cooldown_s(scorer.window, len(scorer.features)),
                     novelty=resolved.novelty_on(scorer.window, len(scorer.features)),
+                    alert_cap=threshold.cap(gated=resolved.gate_z(windowed=scorer.window > 1) > 0),
                 )
             )
     return out
@@ -753,7 +757,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"let alerting scores update the threshold (default {defaults_t.update_on_alert})",
     )
-    p.add_argument("--alert-cap", type=float, help=ALERT_CAP_HELP)
+    p.add_argument("--alert-cap", type=alert_cap_arg, help=ALERT_CAP_HELP)
     p.add_argument(
         "--batch-size",
         type=int,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.gate import AlertGate
+from streamer.gate import DEFAULT_LONG, DEFAULT_SHORT, AlertGate
 
 
 def reference(
@@ -61,7 +61,7 @@ def test_keys_of_very_different_scales_do_not_disturb_each_other() -> None:
     scores[0::2], scores[1::2] = big, small
     keys = ["big", "small"] * 300
     got = AlertGate(2.0, prior=(2e-3, 1.4e-3)).zscores(scores, keys)
-    want = reference([(scores.tolist(), keys)], (2e-3, 1.4e-3), 10, 1_000)
+    want = reference([(scores.tolist(), keys)], (2e-3, 1.4e-3), DEFAULT_SHORT, DEFAULT_LONG)
     np.testing.assert_allclose(got, want, rtol=1e-7)
 
 
