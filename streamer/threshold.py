@@ -5,7 +5,8 @@ River's ``stats.RollingQuantile`` (exact over the last ``window`` scores; the se
 scores on held-back normal training data, so there is no blind warm-up.
 
 By default a score that raises an alert enters the estimate capped a little above the threshold it
-exceeded, at ``min(score, threshold + (alert_cap - 1) * |threshold|)`` (``alert_cap`` 1.05), while
+exceeded, at ``min(score, threshold + (alert_cap - 1) * |threshold|)`` (``alert_cap`` 1.05; the
+service's ``auto`` gives 1.5 where the rise gate chooses what is published, streamer.config), while
 alerts come at about their expected rate; once the last ``max(window, 2000)`` scores hold more than 1.5
 times the expected number of exceedances (30 of 2,000 at q = 0.99), further ones enter as the
 threshold itself:
