@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Literal
 
 ALERT_CAP_HELP = (
@@ -16,12 +17,7 @@ ALERT_CAP_HELP = (
 def alert_cap_arg(text: str) -> float | Literal["auto"]:
     """``threshold.alert_cap`` on a command line: ``auto`` or a number (its range is the setting's to
     check, so that the error names the flag with the others)."""
-    if text == "auto":
-        return "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+    return auto_or_number(text, -math.inf, math.inf)
 
 
 def _int(text: str, low: int, what: str) -> int:
