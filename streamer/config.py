@@ -369,6 +369,11 @@ class EventSettings(_Section):
             return NOVELTY_COOLDOWN_S if self.novelty_on(window, n_features) else DEFAULT_COOLDOWN_S
         return self.alert_cooldown_s
 
+    def gated(self, window: int) -> bool:
+        """Whether the rise gate is on for a model of this window (what the alert cap's ``auto``
+        follows)."""
+        return self.gate_z(windowed=window > 1) > 0
+
     def gate_z(self, windowed: bool) -> float:
         """The rise gate's z for a model (0 = off), ``auto`` resolved by whether it is windowed."""
         if self.alert_gate_z == "auto":

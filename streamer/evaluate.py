@@ -593,7 +593,7 @@ def evaluate_series(
                     decisions=decisions if keep_decisions else None,
                     cooldown_s=resolved.cooldown_s(scorer.window, len(scorer.features)),
                     novelty=resolved.novelty_on(scorer.window, len(scorer.features)),
-                    alert_cap=threshold.cap(gated=resolved.gate_z(windowed=scorer.window > 1) > 0),
+                    alert_cap=threshold.cap(gated=resolved.gated(scorer.window)),
                 )
             )
     return out

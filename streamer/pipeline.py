@@ -426,7 +426,7 @@ class Pipeline:
             window=t.window,
             update_on_alert=t.update_on_alert,
             initial_scores=self._seed_scores(scorer),
-            alert_cap=t.cap(gated=self.events.gate_z(windowed=scorer.window > 1) > 0),
+            alert_cap=t.cap(gated=self.events.gated(scorer.window)),
         )
 
     def _new_gate(self, scorer: ScorerLike) -> AlertGate | None:

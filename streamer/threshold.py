@@ -43,6 +43,8 @@ from typing import cast
 import numpy as np
 from river import stats
 
+from streamer.config import DEFAULT_ALERT_CAP
+
 # P-square needs a few observations before its estimate means anything.
 _MIN_OBSERVATIONS = 5
 # Exceedances enter clipped to the threshold once the last max(window, _GUARD_SPAN) scores hold more
@@ -67,7 +69,7 @@ class QuantileThreshold:
         window: int | None = None,
         update_on_alert: bool = False,
         initial_scores: np.ndarray | None = None,
-        alert_cap: float = 1.05,
+        alert_cap: float = DEFAULT_ALERT_CAP,
     ) -> None:
         if not 0.0 < q < 1.0:
             raise ValueError(f"q must be in (0, 1), got {q}")
