@@ -21,7 +21,8 @@ import numpy as np
 
 IQR_TO_STD = 1.349  # IQR of a standard normal distribution
 DEFAULT_CLIP = 50.0
-MAX_CLIP = 1e6  # a checkpoint's clip beyond this is refused: scaled values must stay far from overflow
+# A checkpoint's clip beyond this is refused: scaled values must stay far from overflow.
+MAX_CLIP = 1e6
 # A spread below this, or below _ULPS float32 steps at the column's centre, counts as "no spread": the
 # float32 values themselves cannot show a smaller one. (A bound relative to the centre alone, 1e-6 of
 # it, took a gauge of 4e9 +- 2,000 for a constant, and its spikes went unseen.)

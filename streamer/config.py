@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -470,12 +471,49 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+# The branch that pydantic appends to the location of an error inside a union ("constrained-float",
+# "literal['auto']", "bool", ...): not a key of the settings.
+_UNION_BRANCH = re.compile(r"constrained-\w+|literal\[.*\]|float|int|bool|str")
+_NOT_AUTO = "Input should be 'auto'"
+
+
+def setting_errors(exc: ValidationError) -> list[tuple[tuple[str | int, ...], str]]:
+    """Each error as (location, message), without input values (they may be secrets).
+
+    A setting that takes ``auto`` or a value fails in both branches of its union; the two errors
+    are folded into one, "Input should be greater than or equal to 1 (or 'auto')", where pydantic
+    reports one per branch, each under a location that names the branch.
+    """
+    errors = [
+        (tuple(err["loc"]), err["msg"])
+        for err in exc.errors(include_input=False, include_url=False)
+    ]
+
+    def branch(loc: tuple[str | int, ...]) -> bool:
+        return len(loc) > 1 and isinstance(loc[-1], str) and bool(_UNION_BRANCH.fullmatch(loc[-1]))
+
+    # A union's errors come together, one per branch, one of them a literal ("auto"); a mapping's
+    # key that happens to read "float" (kafka.extra) is no branch.
+    unions = {loc[:-1] for loc, _ in errors if branch(loc) and str(loc[-1]).startswith("literal[")}
+    merged: dict[tuple[str | int, ...], list[str]] = {}
+    for loc, message in errors:
+        key = loc[:-1] if branch(loc) and loc[:-1] in unions else loc
+        merged.setdefault(key, []).append(message)
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    for loc, messages in merged.items():
+        unique = list(dict.fromkeys(messages))
+        if _NOT_AUTO in unique and len(unique) > 1:
+            unique = [f"{m} (or 'auto')" for m in unique if m != _NOT_AUTO]
+        out.extend((loc, m) for m in unique)
+    return out
+
+
 def describe(exc: ValidationError) -> str:
     """One line per error naming the dotted key; input values are left out so secrets never leak."""
     lines = []
-    for err in exc.errors(include_input=False, include_url=False):
-        key = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"  {key}: {err['msg']}")
+    for loc, message in setting_errors(exc):
+        key = ".".join(str(p) for p in loc) or "(root)"
+        lines.append(f"  {key}: {message}")
     return "invalid configuration:\n" + "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ from streamer.args import (
     seed,
 )
 from streamer.baselines import BASELINE_KINDS, HalfSpaceTreesScorer, PCAScorer
-from streamer.config import BatchSettings, EventSettings, ThresholdSettings
+from streamer.config import BatchSettings, EventSettings, ThresholdSettings, setting_errors
 from streamer.data import number
 from streamer.dedup import DEFAULT_COOLDOWN_S, DEFAULT_ESCALATION, NOVELTY_COOLDOWN_S
 from streamer.errors import DataError, StreamerError
@@ -919,9 +919,9 @@ def _flag_errors(exc: Any) -> str:
     """A settings ValidationError as evaluate's flags: each error with the flag that set the value."""
     flags = _FLAGS.get(exc.title, {})
     parts = []
-    for err in exc.errors(include_input=False, include_url=False):
-        key = str(err["loc"][0]) if err["loc"] else ""
-        parts.append(f"{flags.get(key, key or exc.title)}: {err['msg']}")
+    for loc, message in setting_errors(exc):
+        key = str(loc[0]) if loc else ""
+        parts.append(f"{flags.get(key, key or exc.title)}: {message}")
     return "invalid setting: " + "; ".join(dict.fromkeys(parts))
 
 

@@ -425,7 +425,10 @@ def test_seeds_and_event_counts_out_of_range_are_usage_errors(
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
-        (["--alert-cap", "0.5"], "--alert-cap"),
+        (
+            ["--alert-cap", "0.5"],
+            "--alert-cap: Input should be greater than or equal to 1 (or 'auto')",
+        ),
         (["--escalation", "-1"], "--escalation"),
         (["--threshold-window", "5"], "--threshold-window: Value error, must be 0 (all history)"),
         (["--gate-spans", "50,10"], "--gate-spans"),

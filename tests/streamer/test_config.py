@@ -239,3 +239,22 @@ def test_a_warm_start_read_the_poll_interval_cannot_hold_is_refused() -> None:
         load_settings(None, {"kafka": {"extra": extra}})
     assert load_settings(None, {"kafka": {"extra": extra, "warm_start_timeout_s": 20}})
     assert load_settings(None, {"kafka": {"extra": extra, "warm_start_events": 0}})
+
+
+def test_a_bad_auto_or_number_setting_is_one_error_naming_its_key(tmp_path: Path) -> None:
+    """`threshold.alert_cap = 0.5` was two errors, one per branch of the union, under keys that named
+    the branches: "threshold.alert_cap.constrained-float: ..." and "...literal['auto']: Input should
+    be 'auto'"."""
+    path = write(tmp_path, "[threshold]\nalert_cap = 0.5\n[events]\nnovelty = 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    lines = str(info.value).splitlines()[1:]
+    assert lines == [
+        "  threshold.alert_cap: Input should be greater than or equal to 1 (or 'auto')",
+        "  events.novelty: Input should be a valid boolean, unable to interpret input (or 'auto')",
+    ]
+
+
+def test_a_mapping_key_that_reads_like_a_type_is_kept_in_the_error() -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.extra\.float: Input should be a valid string"):
+        load_settings(None, {"kafka": {"extra": {"float": 1}}})
