@@ -20,7 +20,7 @@ from streamer.args import (
     positive_int,
     seed,
 )
-from streamer.errors import StreamerError
+from streamer.errors import ConfigError, StreamerError
 
 if TYPE_CHECKING:
     from models import Scorer
@@ -268,9 +268,17 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from streamer.monitoring import health
+    from streamer.monitoring import TLSFileError, client_context, health
 
-    ok, why = health(args.url, args.max_age_s)
+    if (args.cert_file is None) != (args.key_file is None):
+        raise ConfigError("--cert-file and --key-file go together: give both or neither")
+    context = None
+    if args.ca_file is not None or args.cert_file is not None:
+        try:
+            context = client_context(args.ca_file, args.cert_file, args.key_file)
+        except (TLSFileError, OSError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(f"health: cannot use the TLS files: {exc}") from None
+    ok, why = health(args.url, args.max_age_s, context)
     print(why)
     return 0 if ok else 1
 
@@ -402,6 +410,17 @@ def _add_health(sub: Any) -> None:
         default=90.0,
         help="the longest since the loop's last turn that is still healthy (default %(default)s)",
     )
+    p.add_argument(
+        "--ca-file",
+        type=Path,
+        help="an https page's CA (PEM), where its certificate is not one the system trusts",
+    )
+    p.add_argument(
+        "--cert-file",
+        type=Path,
+        help="the client certificate (PEM) to show a page that asks for one (metrics.tls_client_ca_file)",
+    )
+    p.add_argument("--key-file", type=Path, help="the unencrypted key of --cert-file (PEM)")
     p.set_defaults(func=cmd_health)
 
 

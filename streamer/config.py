@@ -409,6 +409,27 @@ class MetricsSettings(_Section):
 
     port: int | None = Field(default=None, ge=0, le=65_535)
     host: str = "127.0.0.1"
+    # TLS (PEM files): the page is served over https with this certificate chain and its key,
+    # which must not be encrypted (a service cannot answer a password prompt); both or neither.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # With a CA as well, only clients that present a certificate it signed may read the page.
+    tls_client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> MetricsSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "tls_client_ca_file checks the clients of an https page: it needs tls_cert_file "
+                "and tls_key_file"
+            )
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls_cert_file is None else "https"
 
 
 class Settings(BaseSettings):

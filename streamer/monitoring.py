@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import ssl
 import time
 import urllib.request
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import orjson
@@ -136,10 +139,34 @@ class RunMetrics:
             with contextlib.suppress(KeyError):  # no statistics came for it
                 self.lag.remove(topic, str(partition))
 
-    def serve(self, port: int, host: str) -> int:
+    def serve(
+        self,
+        port: int,
+        host: str,
+        certfile: str | Path | None = None,
+        keyfile: str | Path | None = None,
+        client_cafile: str | Path | None = None,
+    ) -> int:
         """Serve the metrics on ``http://host:port/metrics`` from a daemon thread; the port bound
-        (``port`` 0 takes a free one)."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        (``port`` 0 takes a free one). With ``certfile`` and ``keyfile`` (PEM) over https, and with
+        ``client_cafile`` too only to clients presenting a certificate that CA signed.
+
+        Raises :class:`TLSFileError` for TLS files that cannot be used (checked before anything is
+        bound), OSError when the address cannot be bound.
+        """
+        tls: dict[str, Any] = {}
+        if certfile is not None or keyfile is not None:
+            if certfile is None or keyfile is None:
+                raise TLSFileError("a certificate and its key go together: give both or neither")
+            check_tls_files(certfile, keyfile, client_cafile)
+            tls = {"certfile": str(certfile), "keyfile": str(keyfile)}
+            if client_cafile is not None:
+                tls.update(client_cafile=str(client_cafile), client_auth_required=True)
+        elif client_cafile is not None:
+            raise TLSFileError(
+                "a client CA checks the clients of an https page: it needs a certificate"
+            )
+        server, _ = start_http_server(port, addr=host, registry=self.registry, **tls)
         self._server = server
         return int(server.server_port)
 
@@ -148,6 +175,51 @@ class RunMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class TLSFileError(ValueError):
+    """A certificate, key or CA file that cannot serve (or read) the metrics page over TLS."""
+
+
+def _no_password() -> bytes:
+    # OpenSSL would otherwise prompt on the terminal for an encrypted key: a service would hang there.
+    raise TLSFileError(
+        "the key is encrypted: give it unencrypted (a service cannot type a password)"
+    )
+
+
+def check_tls_files(
+    certfile: str | Path, keyfile: str | Path, cafile: str | Path | None = None
+) -> None:
+    """Load the certificate chain, its key and the CA as a TLS server would, so that a wrong file is
+    told at start by name rather than as an error of the first connection (or a password prompt)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile, password=_no_password)
+    except TLSFileError:
+        raise
+    except (OSError, ssl.SSLError) as exc:  # SSLError is an OSError; named for the reader
+        raise TLSFileError(
+            f"cannot use the certificate {certfile} with the key {keyfile}: {exc}"
+        ) from None
+    if cafile is not None:
+        try:
+            context.load_verify_locations(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSFileError(f"cannot use the CA {cafile}: {exc}") from None
+
+
+def client_context(
+    cafile: str | Path | None = None,
+    certfile: str | Path | None = None,
+    keyfile: str | Path | None = None,
+) -> ssl.SSLContext:
+    """The TLS context ``streamer health`` reads an https page with: the system's CAs, or ``cafile``'s
+    (a detector's own CA); with ``certfile`` and ``keyfile`` it shows that client certificate."""
+    context = ssl.create_default_context(cafile=None if cafile is None else str(cafile))
+    if certfile is not None:
+        context.load_cert_chain(certfile, keyfile, password=_no_password)
+    return context
 
 
 def _offset(value: object) -> int | None:
@@ -162,12 +234,15 @@ def _int(text: str) -> int | None:
         return None
 
 
-def heartbeat_age_s(url: str, timeout_s: float = 5.0) -> float:
-    """Seconds since the detector at ``url`` (its metrics page) last went round its loop.
+def heartbeat_age_s(
+    url: str, timeout_s: float = 5.0, context: ssl.SSLContext | None = None
+) -> float:
+    """Seconds since the detector at ``url`` (its metrics page) last went round its loop; an https
+    page is read with ``context`` (default: the system's CAs).
 
     Raises OSError when the page cannot be read, ValueError when it holds no heartbeat.
     """
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+    with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:
         page = response.read(MAX_PAGE_BYTES + 1)
     if len(page) > MAX_PAGE_BYTES:
         raise ValueError(f"{url} sent more than {MAX_PAGE_BYTES} bytes: not a detector's metrics")
@@ -178,10 +253,10 @@ def heartbeat_age_s(url: str, timeout_s: float = 5.0) -> float:
     raise ValueError(f"{url} has no {HEARTBEAT}: is it a detector's metrics page?")
 
 
-def health(url: str, max_age_s: float) -> tuple[bool, str]:
+def health(url: str, max_age_s: float, context: ssl.SSLContext | None = None) -> tuple[bool, str]:
     """Whether the detector at ``url`` is alive (its loop went round within ``max_age_s``), and why."""
     try:
-        age = heartbeat_age_s(url)
+        age = heartbeat_age_s(url, context=context)
     except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError is an OSError
         return False, f"unhealthy: {exc}"
     if age > max_age_s:

@@ -46,7 +46,7 @@ from streamer.batching import MicroBatcher
 from streamer.config import FLUSH_SLACK_MS, Settings
 from streamer.errors import BrokerError, ConfigError, DeliveryError
 from streamer.kafka_io import CLIENT_LOG_EVERY_S, MAY_PASS, REFUSED, RateLimit, client
-from streamer.monitoring import LAG_INTERVAL_MS, RunMetrics
+from streamer.monitoring import LAG_INTERVAL_MS, RunMetrics, TLSFileError
 from streamer.pipeline import BatchResult, Message, Pipeline, ScorerLike
 from streamer.reload import RETRY_REFUSED_S, ModelWatcher
 from streamer.warmstart import read_ranges, warm_ranges
@@ -879,12 +879,24 @@ class Detector:
         if settings.port is None:
             return
         try:
-            port = self.metrics.serve(settings.port, settings.host)
+            port = self.metrics.serve(
+                settings.port,
+                settings.host,
+                certfile=settings.tls_cert_file,
+                keyfile=settings.tls_key_file,
+                client_cafile=settings.tls_client_ca_file,
+            )
+        except TLSFileError as exc:
+            raise ConfigError(f"metrics.tls_*: {exc}") from None
         except OSError as exc:
             raise ConfigError(
                 f"metrics: cannot serve on {settings.host}:{settings.port} ({exc})"
             ) from None
-        log.info("metrics_serving", url=f"http://{settings.host}:{port}/metrics")
+        log.info(
+            "metrics_serving",
+            url=f"{settings.scheme}://{settings.host}:{port}/metrics",
+            client_certificate_required=settings.tls_client_ca_file is not None,
+        )
 
     def _shutdown(self, failed: bool) -> None:
         """Flush, commit what was processed and acknowledged, close. After a failure, commit nothing new."""

@@ -226,3 +226,34 @@ class Kit:
 @pytest.fixture
 def kit(broker: EmbeddedBroker) -> Kit:
     return Kit(broker)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate it signed, as PEM files."""
+    import trustme  # a dev dependency: certificates made for the test, no openssl binary needed
+
+    folder = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    client = ca.issue_cert("health-check@example.org")
+    files = {
+        "ca": folder / "ca.pem",
+        "cert": folder / "server.pem",
+        "key": folder / "server.key",
+        "client_cert": folder / "client.pem",
+        "client_key": folder / "client.key",
+    }
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    server.private_key_pem.write_to_path(str(files["key"]))
+    client.private_key_pem.write_to_path(str(files["client_key"]))
+    for blob in server.cert_chain_pems:
+        blob.write_to_path(str(files["cert"]), append=True)
+    for blob in client.cert_chain_pems:
+        blob.write_to_path(str(files["client_cert"]), append=True)
+    other = trustme.CA()  # a CA the page does not know
+    other.cert_pem.write_to_path(str(folder / "other-ca.pem"))
+    stranger = other.issue_cert("stranger@example.org")
+    stranger.private_key_and_cert_chain_pem.write_to_path(str(folder / "stranger.pem"))
+    files["other_ca"], files["stranger"] = folder / "other-ca.pem", folder / "stranger.pem"
+    return files

@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka import Producer
 
 from streamer.broker import free_port
+from streamer.monitoring import client_context
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -57,38 +58,59 @@ def test_the_counters_match_what_the_detector_consumed(kit) -> None:
     assert value("ae_streamer_assigned_partitions") == 0
 
 
-def _health(url: str) -> subprocess.CompletedProcess[str]:
+def _health(url: str, *tls: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streamer.cli", "health", "--url", url, "--max-age-s", "30"],
+        [sys.executable, "-m", "streamer.cli", "health", "--url", url, "--max-age-s", "30", *tls],
         capture_output=True,
         text=True,
         timeout=60,
     )
 
 
-def test_run_serves_metrics_and_health_reads_them(kit, dense_checkpoint: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "mutual-tls"])
+def test_run_serves_metrics_and_health_reads_them(
+    kit, dense_checkpoint: Path, pki: dict[str, Path], tls: bool
+) -> None:
     names = kit.topics("health")
     port = free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
-    assert _health(url).returncode == 1  # nothing there yet
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/metrics"
+    env = kit.env()
+    client: list[str] = []
+    context = None
+    if tls:  # the page over https, to clients with a certificate from the CA only
+        env |= {
+            "STREAMER_METRICS__TLS_CERT_FILE": str(pki["cert"]),
+            "STREAMER_METRICS__TLS_KEY_FILE": str(pki["key"]),
+            "STREAMER_METRICS__TLS_CLIENT_CA_FILE": str(pki["ca"]),
+        }
+        client = ["--ca-file", str(pki["ca"])]
+        client += ["--cert-file", str(pki["client_cert"]), "--key-file", str(pki["client_key"])]
+        context = client_context(pki["ca"], pki["client_cert"], pki["client_key"])
+    assert _health(url, *client).returncode == 1  # nothing there yet
     proc = subprocess.Popen(
         kit.run_args(names, dense_checkpoint, "--metrics-port", str(port)),
-        env=kit.env(),
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 60
-        while (checked := _health(url)).returncode != 0 and time.monotonic() < deadline:
+        while (checked := _health(url, *client)).returncode != 0 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert checked.returncode == 0, checked.stdout
         assert checked.stdout.startswith("healthy")
-        page = urllib.request.urlopen(url, timeout=5).read().decode()
+        page = urllib.request.urlopen(url, timeout=5, context=context).read().decode()
         assert "ae_streamer_events_total 0.0" in page
         assert 'ae_streamer_model_info{kind="dense"' in page
+        if tls:  # without a client certificate the page is not read
+            refused = _health(url, "--ca-file", str(pki["ca"]))
+            assert refused.returncode == 1 and refused.stdout.startswith("unhealthy")
     finally:
         assert kit.stop(proc) == 0
-    assert _health(url).returncode == 1  # stopped: the page is gone
+    assert _health(url, *client).returncode == 1  # stopped: the page is gone
+    assert proc.stderr is not None
+    log = proc.stderr.read().decode()
+    assert '"metrics_serving"' in log and url in log, log[-2000:]  # the scheme it serves
 
 
 class _PacedScorer:
