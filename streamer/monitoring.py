@@ -195,9 +195,7 @@ def check_tls_files(
     told at start by name rather than as an error of the first connection (or a password prompt)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(certfile, keyfile, password=_no_password)
-    except TLSFileError:
-        raise
+        context.load_cert_chain(certfile, keyfile, password=_no_password)  # or TLSFileError
     except (OSError, ssl.SSLError) as exc:  # SSLError is an OSError; named for the reader
         raise TLSFileError(
             f"cannot use the certificate {certfile} with the key {keyfile}: {exc}"
