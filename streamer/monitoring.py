@@ -16,16 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import socket
 import ssl
+import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    make_wsgi_app,
+    start_http_server,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.alerts import ReasonCode
@@ -154,19 +166,17 @@ class RunMetrics:
         Raises :class:`TLSFileError` for TLS files that cannot be used (checked before anything is
         bound), OSError when the address cannot be bound.
         """
-        tls: dict[str, Any] = {}
         if certfile is not None or keyfile is not None:
             if certfile is None or keyfile is None:
                 raise TLSFileError("a certificate and its key go together: give both or neither")
-            check_tls_files(certfile, keyfile, client_cafile)
-            tls = {"certfile": str(certfile), "keyfile": str(keyfile)}
-            if client_cafile is not None:
-                tls.update(client_cafile=str(client_cafile), client_auth_required=True)
+            context = server_context(certfile, keyfile, client_cafile)
+            server: WSGIServer = _serve_tls(port, host, self.registry, context)
         elif client_cafile is not None:
             raise TLSFileError(
                 "a client CA checks the clients of an https page: it needs a certificate"
             )
-        server, _ = start_http_server(port, addr=host, registry=self.registry, **tls)
+        else:
+            server, _ = start_http_server(port, addr=host, registry=self.registry)
         self._server = server
         return int(server.server_port)
 
@@ -175,6 +185,10 @@ class RunMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+# A TLS client has this long for its handshake, and then for each read of its request.
+TLS_TIMEOUT_S = 10.0
 
 
 class TLSFileError(ValueError):
@@ -188,12 +202,14 @@ def _no_password() -> bytes:
     )
 
 
-def check_tls_files(
+def server_context(
     certfile: str | Path, keyfile: str | Path, cafile: str | Path | None = None
-) -> None:
-    """Load the certificate chain, its key and the CA as a TLS server would, so that a wrong file is
-    told at start by name rather than as an error of the first connection (or a password prompt)."""
+) -> ssl.SSLContext:
+    """The metrics page's TLS context: the certificate chain and its key, and with ``cafile`` client
+    certificates required and checked against that CA. Loaded at start, so that a wrong file is told
+    by name rather than as an error of the first connection (or a password prompt)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(certfile, keyfile, password=_no_password)  # or TLSFileError
     except (OSError, ssl.SSLError) as exc:  # SSLError is an OSError; named for the reader
@@ -205,6 +221,64 @@ def check_tls_files(
             context.load_verify_locations(cafile=cafile)
         except (OSError, ssl.SSLError) as exc:
             raise TLSFileError(f"cannot use the CA {cafile}: {exc}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Logs no request; a connection that sends nothing for TLS_TIMEOUT_S is closed."""
+
+    timeout = TLS_TIMEOUT_S
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _TLSServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, and the TLS handshake in that thread.
+
+    prometheus_client's own https server wraps the listening socket, so each handshake runs in the
+    thread that accepts connections: one client that connects and says nothing (a port scan, a stuck
+    prober) holds up every scrape and health check behind it until it goes, and a liveness probe
+    that fails that way gets the detector restarted.
+    """
+
+    daemon_threads = True
+    context: ssl.SSLContext
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(TLS_TIMEOUT_S)
+        try:  # the handshake, here in the connection's own thread
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (OSError, ValueError):  # failed or abandoned: that client's loss alone
+            return
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            tls.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # a client that went away mid-request
+            return
+        super().handle_error(request, client_address)
+
+
+def _serve_tls(
+    port: int, host: str, registry: CollectorRegistry, context: ssl.SSLContext
+) -> WSGIServer:
+    """The metrics over https from a daemon thread (IPv6 hosts too, as prometheus_client serves them)."""
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    server_class: type[_TLSServer] = type(
+        "_TLSServerOfFamily", (_TLSServer,), {"address_family": family}
+    )
+    server = make_server(
+        str(sockaddr[0]), port, make_wsgi_app(registry), server_class, handler_class=_QuietHandler
+    )
+    server.context = context
+    threading.Thread(target=server.serve_forever, name="metrics-https", daemon=True).start()
+    return server
 
 
 def client_context(

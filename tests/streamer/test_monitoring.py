@@ -93,6 +93,33 @@ def test_the_page_over_tls_is_read_with_its_ca_and_not_without(pki: dict[str, Pa
         metrics.close()
 
 
+def test_a_silent_client_holds_up_no_one_else(pki: dict[str, Path]) -> None:
+    """prometheus_client's https server shakes hands in the thread that accepts connections: one
+    connection that said nothing stalled every health check behind it (timed out after 5 s)."""
+    metrics = RunMetrics()
+    port = metrics.serve(0, "127.0.0.1", certfile=pki["cert"], keyfile=pki["key"])
+    context = client_context(pki["ca"])
+    url = f"https://127.0.0.1:{port}/metrics"
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:
+        metrics.beat()
+        for _ in range(3):
+            ok, why = health(url, 30, context)
+            assert ok, why
+        silent[0].sendall(b"GET /metrics HTTP/1.1\r\n\r\n")  # no handshake: that one is dropped
+        try:
+            answer = silent[0].recv(1024)
+        except ConnectionResetError:
+            answer = b""
+        assert b"ae_streamer" not in answer
+        ok, why = health(url, 30, context)
+        assert ok, why
+    finally:
+        for sock in silent:
+            sock.close()
+        metrics.close()
+
+
 def test_a_client_ca_lets_only_its_clients_read_the_page(pki: dict[str, Path]) -> None:
     metrics = RunMetrics()
     port = metrics.serve(
