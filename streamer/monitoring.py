@@ -4,7 +4,8 @@ What an operator graphs and pages on: events in, scored, alerted and dead-letter
 offsets were last committed; partitions held; the threshold; the model scoring now; Kafka client
 errors by code. Each detector keeps its own registry (not prometheus_client's process-wide one, so
 that detectors run in-process, as the tests and the benchmark do, count apart), served over HTTP
-when ``metrics.port`` is set. No label takes values from the input: entity keys never become label
+when ``metrics.port`` is set (over https with ``metrics.tls_cert_file`` and ``tls_key_file``, to
+clients with a certificate from ``tls_client_ca_file`` where that is set). No label takes values from the input: entity keys never become label
 values, so the number of series stays bounded whatever the stream holds.
 
 ``ae_streamer_loop_heartbeat_timestamp_seconds`` is set on every turn of the loop (at most about
