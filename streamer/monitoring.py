@@ -37,7 +37,6 @@ from prometheus_client import (
     Histogram,
     Info,
     make_wsgi_app,
-    start_http_server,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -167,17 +166,16 @@ class RunMetrics:
         Raises :class:`TLSFileError` for TLS files that cannot be used (checked before anything is
         bound), OSError when the address cannot be bound.
         """
+        context = None
         if certfile is not None or keyfile is not None:
             if certfile is None or keyfile is None:
                 raise TLSFileError("a certificate and its key go together: give both or neither")
             context = server_context(certfile, keyfile, client_cafile)
-            server: WSGIServer = _serve_tls(port, host, self.registry, context)
         elif client_cafile is not None:
             raise TLSFileError(
                 "a client CA checks the clients of an https page: it needs a certificate"
             )
-        else:
-            server, _ = start_http_server(port, addr=host, registry=self.registry)
+        server = _serve(port, host, self.registry, context)
         self._server = server
         return int(server.server_port)
 
@@ -188,8 +186,8 @@ class RunMetrics:
             self._server = None
 
 
-# A TLS client has this long for its handshake, and then for each read of its request.
-TLS_TIMEOUT_S = 10.0
+# A client has this long for each read of its request (and for its TLS handshake, over https).
+CLIENT_TIMEOUT_S = 10.0
 
 
 class TLSFileError(ValueError):
@@ -227,28 +225,32 @@ def server_context(
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """Logs no request; a connection that sends nothing for TLS_TIMEOUT_S is closed."""
+    """Logs no request; a connection that sends nothing for CLIENT_TIMEOUT_S is closed."""
 
-    timeout = TLS_TIMEOUT_S
+    timeout = CLIENT_TIMEOUT_S
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
-class _TLSServer(ThreadingMixIn, WSGIServer):
-    """A thread per connection, and the TLS handshake in that thread.
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, and over https the TLS handshake in that thread.
 
     prometheus_client's own https server wraps the listening socket, so each handshake runs in the
     thread that accepts connections: one client that connects and says nothing (a port scan, a stuck
     prober) holds up every scrape and health check behind it until it goes, and a liveness probe
-    that fails that way gets the detector restarted.
+    that fails that way gets the detector restarted. Its http server gives an idle connection a
+    thread without end; here every connection has CLIENT_TIMEOUT_S for each read.
     """
 
     daemon_threads = True
-    context: ssl.SSLContext
+    context: ssl.SSLContext | None = None
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(TLS_TIMEOUT_S)
+        if self.context is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(CLIENT_TIMEOUT_S)
         try:  # the handshake, here in the connection's own thread
             tls = self.context.wrap_socket(request, server_side=True)
         except (OSError, ValueError):  # failed or abandoned: that client's loss alone
@@ -264,21 +266,22 @@ class _TLSServer(ThreadingMixIn, WSGIServer):
         super().handle_error(request, client_address)
 
 
-def _serve_tls(
-    port: int, host: str, registry: CollectorRegistry, context: ssl.SSLContext
+def _serve(
+    port: int, host: str, registry: CollectorRegistry, context: ssl.SSLContext | None
 ) -> WSGIServer:
-    """The metrics over https from a daemon thread (IPv6 hosts too, as prometheus_client serves them)."""
+    """The metrics page from a daemon thread, over https with ``context`` (IPv6 hosts too, as
+    prometheus_client serves them)."""
     family, _, _, _, sockaddr = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
-    server_class: type[_TLSServer] = type(
-        "_TLSServerOfFamily", (_TLSServer,), {"address_family": family}
+    server_class: type[_MetricsServer] = type(
+        "_MetricsServerOfFamily", (_MetricsServer,), {"address_family": family}
     )
     server = make_server(
         str(sockaddr[0]), port, make_wsgi_app(registry), server_class, handler_class=_QuietHandler
     )
     server.context = context
-    threading.Thread(target=server.serve_forever, name="metrics-https", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
 
 

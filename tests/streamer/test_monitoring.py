@@ -120,6 +120,26 @@ def test_a_silent_client_holds_up_no_one_else(pki: dict[str, Path]) -> None:
         metrics.close()
 
 
+def test_an_idle_connection_is_closed_after_the_client_timeout(
+    served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prometheus_client's http server gave a connection that never sent its request a thread for
+    good: each port scan that left one open kept a thread."""
+    import streamer.monitoring as monitoring
+
+    monkeypatch.setattr(monitoring._QuietHandler, "timeout", 0.3)
+    metrics, url = served
+    port = int(url.split(":")[2].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port)) as idle:
+        idle.settimeout(10)
+        metrics.beat()
+        ok, why = health(url, 30)
+        assert ok, why
+        started = time.monotonic()
+        assert idle.recv(1024) == b""  # closed by the detector, not by this test's timeout
+        assert time.monotonic() - started < 5
+
+
 def test_a_client_ca_lets_only_its_clients_read_the_page(pki: dict[str, Path]) -> None:
     metrics = RunMetrics()
     port = metrics.serve(
