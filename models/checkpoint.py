@@ -14,6 +14,12 @@ on load, so a flipped byte is refused rather than silently scored with. The chec
 version is sha256(tensors_sha256 + metadata JSON)[:12]. Files are written atomically (temp file
 in the same directory, fsync, os.replace) so a reader never sees half a checkpoint.
 
+A model trained with a companion (``--model conv+hst``: ``models.pair``) also holds the companion's
+Half-Space Trees under "companion.*" (int64 tree arrays and masses, float64 scaling and held-back
+scores) and the training rows' range under "range.low" / "range.high"; the metadata then names it in
+"companion" ({kind: "hst", holdout, seed, version}). ``load_detector`` returns the pair,
+``load_checkpoint`` the autoencoder alone (embeddings, samples, benchmarks).
+
 Loading rebuilds the model from `kind` + `model_config` (on the meta device, no init) and
 loads the state dict strictly.
 safetensors parses a fixed-layout header and raw bytes: nothing in a file can execute code.
@@ -40,7 +46,9 @@ from safetensors.torch import save as safetensors_save
 
 from models.cuda import Precision
 from models.errors import CheckpointError, ModelError
+from models.hst import HalfSpaceTreesScorer
 from models.kinds import KINDS, AnyModel
+from models.pair import PairScorer
 from models.scaling import RobustScaler
 from models.scorer import Scorer
 
@@ -92,9 +100,14 @@ def save_checkpoint(
     n_train: int = 0,
     train_config: dict[str, Any] | None = None,
     error_scale: np.ndarray | None = None,
+    companion: HalfSpaceTreesScorer | None = None,
+    train_range: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> str:
     """Write model + scaler + train_scores (+ error_scale) + metadata to one .safetensors file; return
-    its version."""
+    its version. ``companion`` and ``train_range`` (the training rows' per-feature minimum and maximum)
+    go together: the pair of ``models.pair``."""
+    if (companion is None) != (train_range is None):
+        raise CheckpointError("a companion and the training range go together")
     cfg = model.config
     if len(features) != cfg.n_features or scaler.n_features != cfg.n_features:
         raise CheckpointError(
@@ -108,6 +121,14 @@ def save_checkpoint(
     tensors["train_scores"] = torch.from_numpy(np.ascontiguousarray(train_scores, np.float64))
     if error_scale is not None:
         tensors["error_scale"] = torch.from_numpy(np.ascontiguousarray(error_scale, np.float32))
+    companion_meta = None
+    if companion is not None and train_range is not None:
+        arrays, params = companion.state()
+        for k, v in arrays.items():
+            tensors[f"companion.{k}"] = torch.from_numpy(np.ascontiguousarray(v, _dtype_of(k)))
+        tensors["range.low"] = torch.from_numpy(np.ascontiguousarray(train_range[0], np.float64))
+        tensors["range.high"] = torch.from_numpy(np.ascontiguousarray(train_range[1], np.float64))
+        companion_meta = {"kind": companion.kind, "version": companion.version, **params}
     digest = tensors_sha256(tensors)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -124,13 +145,14 @@ def save_checkpoint(
         "versions": library_versions(),
         "train_config": train_config,
         "tensors_sha256": digest,
+        **({"companion": companion_meta} if companion_meta is not None else {}),
     }
     meta_json = json.dumps(meta, sort_keys=True)
     blob = safetensors_save(tensors, metadata={METADATA_KEY: meta_json})
     # Loaded back from the bytes, as any reader will, before the file is written: a checkpoint that
     # its own loader would refuse (a feature name too long, too many features, a file too large) must
     # not replace a good one at `path`.
-    _verified(Path(path), lambda: _from_bytes(Path(path), blob, "cpu", "fp32", False))
+    _verified(Path(path), lambda: _from_bytes(Path(path), blob, "cpu", "fp32", False, pair=True))
     _atomic_write(Path(path), blob)
     return checkpoint_version(digest, meta_json)
 
@@ -212,6 +234,12 @@ def _parse(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor], str]:
     return tensors, metadata[METADATA_KEY]
 
 
+def _dtype_of(key: str) -> type:
+    """A companion tensor's dtype: the trees' splits, masses and counters are integers."""
+    integer = ("forest.feature", "forest.l_mass", "forest.r_mass", "forest.window")
+    return np.int64 if key.endswith(integer) else np.float64
+
+
 def check_names(path: Path, kind: str, features: Sequence[str], name: str | None) -> None:
     """Refuse, as loading would, features or a name that a checkpoint at ``path`` may not hold."""
     _check_meta(
@@ -251,6 +279,10 @@ def _check_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
             # would be dead-lettered and no alert would ever go out.
             if not bool(torch.isfinite(t).all()):
                 raise CheckpointError(f"{path}: tensor {key!r} holds NaN or infinite values")
+        if key.startswith(("companion.", "range.")):
+            want = torch.int64 if _dtype_of(key) is np.int64 else torch.float64
+            if t.dtype != want:
+                raise CheckpointError(f"{path}: tensor {key!r} is {t.dtype}, not {want}")
     scores = tensors.get("train_scores")
     if scores is None or scores.ndim != 1 or not scores.numel():
         raise CheckpointError(f"{path}: train_scores must be a non-empty vector")
@@ -265,18 +297,40 @@ def load_checkpoint(
     precision: Precision = "fp32",
     cuda_graph: bool = False,
 ) -> Scorer:
-    """Verify and load a checkpoint into a Scorer on `device` ("auto" | "cpu" | "cuda").
+    """Verify and load a checkpoint's autoencoder into a Scorer on `device` ("auto" | "cpu" | "cuda").
 
     ``precision`` and ``cuda_graph`` are the Scorer's GPU options (see ``models.cuda``); a CPU ignores them.
+    A companion the file holds is verified and left out: ``load_detector`` joins it.
     """
-    path = Path(path)
+    scorer = _load(Path(path), device, precision, cuda_graph, pair=False)
+    assert isinstance(scorer, Scorer)
+    return scorer
+
+
+def load_detector(
+    path: str | Path,
+    device: str = "cpu",
+    *,
+    precision: Precision = "fp32",
+    cuda_graph: bool = False,
+) -> Scorer | PairScorer:
+    """As ``load_checkpoint``, with the companion joined where the file holds one: what ``streamer
+    run`` and ``streamer evaluate`` score with."""
+    return _load(Path(path), device, precision, cuda_graph, pair=True)
+
+
+def _load(
+    path: Path, device: str, precision: Precision, cuda_graph: bool, *, pair: bool
+) -> Scorer | PairScorer:
     if not path.is_file():
         what = "a folder, not a checkpoint file" if path.is_dir() else "no such checkpoint file"
         raise CheckpointError(f"{path}: {what}")
-    return _verified(path, lambda: _from_bytes(path, _read(path), device, precision, cuda_graph))
+    return _verified(
+        path, lambda: _from_bytes(path, _read(path), device, precision, cuda_graph, pair=pair)
+    )
 
 
-def _verified(path: Path, load: Callable[[], Scorer]) -> Scorer:
+def _verified(path: Path, load: Callable[[], Scorer | PairScorer]) -> Scorer | PairScorer:
     """``load()``, with whatever a hostile file provokes turned into a refusal, never a crash."""
     try:
         return load()
@@ -287,8 +341,8 @@ def _verified(path: Path, load: Callable[[], Scorer]) -> Scorer:
 
 
 def _from_bytes(
-    path: Path, data: bytes, device: str, precision: Precision, cuda_graph: bool
-) -> Scorer:
+    path: Path, data: bytes, device: str, precision: Precision, cuda_graph: bool, *, pair: bool
+) -> Scorer | PairScorer:
     tensors, meta_json = _parse(path, data)
     try:
         meta = json.loads(meta_json)
@@ -351,7 +405,37 @@ def _from_bytes(
         cuda_graph=cuda_graph,
     )
     _probe(path, scorer)
-    return scorer
+    companion = meta.get("companion")
+    if companion is None:
+        return scorer
+    joined = _pair(path, scorer, tensors, companion)
+    return joined if pair else scorer
+
+
+def _pair(
+    path: Path, scorer: Scorer, tensors: dict[str, torch.Tensor], companion: Any
+) -> PairScorer:
+    """The autoencoder joined with the companion the file holds; anything inconsistent is refused."""
+    if not isinstance(companion, dict) or companion.get("kind") != HalfSpaceTreesScorer.kind:
+        raise CheckpointError(f"{path}: companion must be an object of kind 'hst'")
+    params: dict[str, int | float] = {}
+    for k in ("holdout", "seed"):
+        v = companion.get(k)
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise CheckpointError(f"{path}: the companion's {k} must be a number")
+        params[k] = v
+    if not isinstance(companion.get("version"), str):
+        raise CheckpointError(f"{path}: the companion's version must be a string")
+    arrays = {
+        k[len("companion.") :]: v.numpy() for k, v in tensors.items() if k.startswith("companion.")
+    }
+    try:
+        hst = HalfSpaceTreesScorer.from_state(
+            scorer.features, scorer.window, arrays, params, version=companion["version"]
+        )
+        return PairScorer(scorer, hst, tensors["range.low"].numpy(), tensors["range.high"].numpy())
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: the companion does not fit the model ({e})") from e
 
 
 def _probe(path: Path, scorer: Scorer) -> None:

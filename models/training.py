@@ -27,11 +27,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models.checkpoint import MAX_FEATURES, check_names, load_checkpoint, save_checkpoint
+from models.checkpoint import MAX_FEATURES, check_names, load_detector, save_checkpoint
 from models.conv import ConvConfig
 from models.dense import DenseConfig
 from models.errors import ModelError
+from models.hst import HalfSpaceTreesScorer
 from models.kinds import KINDS, AnyModel
+from models.pair import PairScorer
 from models.scaling import RobustScaler
 from models.scorer import Scorer, resolve_device
 from models.vae import VAE, VAEConfig, kl_divergence
@@ -71,10 +73,17 @@ class TrainConfig:
     # dense/conv: divide each feature's squared error by its mean on held-back normal data (floored at
     # the median over features), stored in the checkpoint as error_scale
     normalize_errors: bool = True
+    # "hst": fit Half-Space Trees on the same rows beside a conv model, and keep the rows' range; the
+    # checkpoint then scores as the pair of models.pair (``--model conv+hst``)
+    companion: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {sorted(KINDS)}, got {self.kind!r}")
+        if self.companion not in (None, "hst"):
+            raise ValueError(f"companion must be None or 'hst', got {self.companion!r}")
+        if self.companion is not None and self.kind != "conv":
+            raise ValueError("a companion goes with a conv model only")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.vae_samples < 1:
             raise ValueError("epochs, batch_size, patience and vae_samples must be >= 1")
         if not self.lr > 0 or self.weight_decay < 0:
@@ -94,10 +103,11 @@ class TrainResult:
     path: Path
     history: list[dict[str, float]]  # one {"epoch", "train_loss", "val_loss"} per epoch run
     best_epoch: int  # 1-based epoch whose weights were kept
-    scorer: Scorer  # loaded back from `path`
+    scorer: Scorer  # loaded back from `path`: the autoencoder
     # conv: entities with fewer rows than the window, left out of training (and their rows)
     short_entities: int = 0
     short_rows: int = 0
+    detector: Scorer | PairScorer | None = None  # what run scores with: the pair, with a companion
 
 
 def _round8(n: int) -> int:
@@ -287,6 +297,10 @@ def train(
         entities = np.asarray(entities)
         if entities.shape != (data.shape[0],):
             raise ValueError(f"entities must be ({data.shape[0]},), got {entities.shape}")
+        if config.companion is not None and len(np.unique(entities)) > 1:
+            raise ValueError(
+                "a companion learns one series' windows: train conv+hst on one entity's rows"
+            )
     out = Path(out)
     # What the checkpoint's loader would refuse, refused before the training rather than after it.
     check_names(out, config.kind, features, config.name)
@@ -382,6 +396,11 @@ def train(
         error_scale = np.maximum(typical, floor).astype(np.float32)
         train_scores, _ = held_back(error_scale)
 
+    companion, train_range = None, None
+    if config.companion is not None:  # "hst": on the same rows, with the model's window
+        companion = HalfSpaceTreesScorer(features, window=config.window, seed=config.seed).fit(data)
+        train_range = (data.min(axis=0), data.max(axis=0))
+
     save_checkpoint(
         out,
         model,
@@ -393,13 +412,17 @@ def train(
         n_train=int(fit_rows.sum()),
         train_config=dataclasses.asdict(config),
         error_scale=error_scale,
+        companion=companion,
+        train_range=train_range,
     )
     save_loss_curve(history, best_epoch, out.parent / f"{out.stem}.loss.png")
+    detector = load_detector(out, device=config.device)
     return TrainResult(
         out,
         history,
         best_epoch,
-        load_checkpoint(out, device=config.device),
+        detector.primary if isinstance(detector, PairScorer) else detector,
         split.short_entities,
         split.short_rows,
+        detector,
     )

@@ -6,7 +6,8 @@ For each feature count F the same generated events (``streamer.workload``) go th
    (bytes to a float matrix, the ceiling of the pipeline), then the pipeline (decode, features, score,
    threshold, alerts) with each model kind; each figure is the median over the rounds;
 2. River's HalfSpaceTrees, score then learn per event: from the same event bytes (decoded and
-   min-max scaled per event), and alone on dicts prepared beforehand (its floor);
+   min-max scaled per event), and alone on dicts prepared beforehand (its floor); then the same trees
+   as arrays (``models.hst.HalfSpaceForest``, river's exact scores) on the same rows, batches of 5,000;
 3. through the embedded broker: a backlog of the events is produced, read back raw (nothing done per
    message: the ceiling), then drained by the real ``Detector`` (consume, pipeline, alerts produced
    and acknowledged, offsets committed). Both rates are sustained rates, between the points where 10 %
@@ -339,6 +340,10 @@ def measure_in_process(
     return out
 
 
+# Rows the array forest scores and learns at a time in its figure: the detector's batch size.
+FOREST_BATCH = 5_000
+
+
 def measure_hst(workload: Workload, config: BenchConfig) -> dict[str, Any]:
     """River HalfSpaceTrees (river's defaults: 10 trees, height 8, window 250), score_one then learn_one.
 
@@ -347,6 +352,8 @@ def measure_hst(workload: Workload, config: BenchConfig) -> dict[str, Any]:
     alone on dicts prepared beforehand (its floor: no decoding, no scaling).
     """
     from river import anomaly
+
+    from models.hst import HalfSpaceForest
 
     names = workload.features
     low = workload.normal.min(axis=0).astype(np.float64)
@@ -384,25 +391,44 @@ def measure_hst(workload: Workload, config: BenchConfig) -> dict[str, Any]:
     dicts = [
         dict(zip(names, r, strict=True)) for r in np.clip((rows - low) / span, 0.0, 1.0).tolist()
     ]
-    rates: dict[str, list[float]] = {"bytes": [], "model": []}
+    scaled = np.clip((rows - low) / span, 0.0, 1.0)
+
+    def forest_rate() -> float:
+        """The same trees (river's, from the same seed and warm-up) as arrays, batches of 5,000."""
+        forest = HalfSpaceForest.from_river(fresh(), list(names))
+        batches = [scaled[i : i + FOREST_BATCH] for i in range(0, len(scaled), FOREST_BATCH)]
+        return _per_item(forest.prequential, batches, config.pass_s, per=len) if batches else 0.0
+
+    rates: dict[str, list[float]] = {"bytes": [], "model": [], "forest": []}
     with _settled():
         for _ in range(config.rounds):
             rates["bytes"].append(_per_item(from_bytes(fresh()), head, config.pass_s))
             rates["model"].append(_per_item(model_only(fresh()), dicts, config.pass_s))
+            rates["forest"].append(forest_rate())
     return {
         "hst_events_per_s": round(_median(rates["bytes"])),
         "hst_model_only_events_per_s": round(_median(rates["model"])),
+        "hst_forest_events_per_s": round(_median(rates["forest"])),
     }
 
 
-def _per_item(step: Callable[[Any], None], items: Sequence[Any], min_s: float) -> float:
+def _per_item(
+    step: Callable[[Any], Any],
+    items: Sequence[Any],
+    min_s: float,
+    per: Callable[[Any], int] | None = None,
+) -> float:
+    """Items a second (``per``: events a second, ``per(item)`` events an item), over at least
+    ``min_s`` seconds of ``step`` on the items in turn."""
     start = time.perf_counter()
+    done = 0
     for n, item in enumerate(cycle(items), 1):
         step(item)
-        if n % 256 == 0:
+        done += 1 if per is None else per(item)
+        if per is not None or n % 256 == 0:
             elapsed = time.perf_counter() - start
             if elapsed >= min_s:
-                return n / elapsed
+                return done / elapsed
     raise AssertionError("unreachable: cycle() never ends")
 
 
@@ -1019,6 +1045,7 @@ def _headline(figures: dict[str, Any], config: BenchConfig) -> dict[str, Any]:
         "pipeline_to_decode_only": ip["pipeline_to_decode_only"],
         "hst_events_per_s": hst["hst_events_per_s"],
         "hst_model_only_events_per_s": hst["hst_model_only_events_per_s"],
+        "hst_forest_events_per_s": hst["hst_forest_events_per_s"],
         "pipeline_to_hst": round(pipeline / hst["hst_events_per_s"], 1),
         "pipeline_to_hst_model_only": round(pipeline / hst["hst_model_only_events_per_s"], 1),
         "raw_consume_events_per_s": broker.get("raw_consume_events_per_s"),
@@ -1078,6 +1105,10 @@ def format_report(result: dict[str, Any]) -> str:
             f"| River HalfSpaceTrees alone (score, learn on ready dicts) | "
             f"{_k(hst['hst_model_only_events_per_s'])} | pipeline {_k(main)} | "
             f"pipeline is {main / hst['hst_model_only_events_per_s']:.1f}x |",
+            f"| the same trees as arrays (models.hst, batches of {FOREST_BATCH:,}) | "
+            f"{_k(hst['hst_forest_events_per_s'])} | river alone "
+            f"{_k(hst['hst_model_only_events_per_s'])} | "
+            f"{hst['hst_forest_events_per_s'] / hst['hst_model_only_events_per_s']:.1f}x river |",
         ]
         if b:
             lines += [

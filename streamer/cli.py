@@ -24,6 +24,7 @@ from streamer.errors import ConfigError, StreamerError
 
 if TYPE_CHECKING:
     from models import Scorer
+    from models.pair import PairScorer
 
 
 def _csv_list(value: str) -> list[str]:
@@ -132,7 +133,7 @@ def set_torch_threads(n: int) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from models import load_checkpoint
+    from models.checkpoint import load_detector
     from streamer.broker import create_topics
     from streamer.logs import configure_logging
     from streamer.runner import Detector, stop_on_signals
@@ -143,10 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     set_torch_threads(settings.model.torch_threads)
     m = settings.model
 
-    def load(path: Path) -> Scorer:
-        return load_checkpoint(
-            path, device=m.device, precision=m.precision, cuda_graph=m.cuda_graph
-        )
+    def load(path: Path) -> Scorer | PairScorer:
+        return load_detector(path, device=m.device, precision=m.precision, cuda_graph=m.cuda_graph)
 
     scorer = load(m.path)
     if args.create_topics:
@@ -332,7 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--features", type=_csv_list, help="feature names (default: all numeric columns)"
     )
     p.add_argument("--out", type=Path, required=True, help="checkpoint path (.safetensors)")
-    p.add_argument("--model", choices=["dense", "conv", "vae"], default="dense")
+    p.add_argument(
+        "--model",
+        choices=["dense", "conv", "vae", "conv+hst"],
+        default="dense",
+        help="conv+hst: conv with Half-Space Trees and the training range beside it, in one "
+        "checkpoint (one series; the default for univariate data in evaluate)",
+    )
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -72,10 +72,11 @@ __all__ = [
 ]
 
 AE_KINDS = ("dense", "conv", "vae")
-ALL_KINDS = (*AE_KINDS, *BASELINE_KINDS)
+PAIR_KINDS = ("conv+hst",)
+ALL_KINDS = (*AE_KINDS, *PAIR_KINDS, *BASELINE_KINDS)
 
 # The model kind `--model auto` picks, by the shape of the data (chosen on the suites, see the README).
-DEFAULT_KIND = {"univariate": "conv", "multivariate": "dense"}
+DEFAULT_KIND = {"univariate": "conv+hst", "multivariate": "dense"}
 
 LEAD_IN_CHOICES = ("auto", "on", "off")
 # More rows than any state of the pipeline remembers at its defaults (threshold window and novelty's
@@ -359,12 +360,13 @@ def fit_detector(kind: str, series: Series, spec: DetectorSpec, workdir: Path) -
         if kind == "hst":
             return HalfSpaceTreesScorer(series.features, window=w, seed=spec.seed).fit(x)
         return PCAScorer(series.features, window=w).fit(x)
-    if kind not in AE_KINDS:
+    if kind not in AE_KINDS and kind not in PAIR_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known: {list(ALL_KINDS)}")
     from models import TrainConfig, train
 
     config = TrainConfig(
-        kind=kind,
+        kind=kind.split("+")[0],
+        companion="hst" if kind in PAIR_KINDS else None,
         epochs=spec.epochs,
         patience=spec.patience,
         batch_size=spec.batch_size,
@@ -379,7 +381,9 @@ def fit_detector(kind: str, series: Series, spec: DetectorSpec, workdir: Path) -
         device=spec.device,
     )
     out = workdir / f"{kind}.safetensors"
-    return train(x, list(series.features), config, out, entities=ent).scorer
+    result = train(x, list(series.features), config, out, entities=ent)
+    assert result.detector is not None
+    return result.detector
 
 
 # ---------------------------------------------------------------------------------------- replay
@@ -717,8 +721,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model",
         type=_kinds,
         default=["auto"],
-        help="comma-separated kinds: dense, conv, vae, hst, pca, auto (by data shape) or all; "
-        "the hst and pca baselines always run too unless --no-baselines (default: auto)",
+        help="comma-separated kinds: dense, conv, vae, conv+hst, hst, pca, auto (by data shape: "
+        "conv+hst for one feature, dense for more) or all; the hst and pca baselines always run "
+        "too unless --no-baselines (default: auto)",
     )
     p.add_argument("--no-baselines", action="store_true", help="do not add hst and pca")
     src = p.add_mutually_exclusive_group()

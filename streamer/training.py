@@ -139,8 +139,10 @@ def train_command(args: argparse.Namespace) -> int:
     else:
         table = load_table(args.data, features=args.features, entity_column=args.entity_column)
         x, features, entities = table.X, table.features, table.entities
+    kind, _, companion = args.model.partition("+")
     config = TrainConfig(
-        kind=args.model,
+        kind=kind,
+        companion=companion or None,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,

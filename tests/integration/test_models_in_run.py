@@ -26,22 +26,28 @@ def normal():
     return normal_frame(8_000, SimConfig(seed=11))
 
 
-@pytest.mark.parametrize("kind", ["conv", "vae"])
+@pytest.mark.parametrize("kind", ["conv", "vae", "conv+hst"])
 def test_run_with_each_model_kind(kind: str, kit, normal, tmp_path: Path) -> None:
     from models import TrainConfig, train
     from streamer.simulate import SimConfig, generate, produce
 
     x, features, entities = normal
+    if kind == "conv+hst":  # the companion learns one series: one sensor's rows, scoring them all
+        one = entities == entities[0]
+        x, entities = x[one], entities[one]
     ckpt = tmp_path / f"{kind}.safetensors"
+    model, _, companion = kind.partition("+")
     train(
         x,
         features,
-        TrainConfig(kind=kind, epochs=12, window=16, seed=0, progress=False),
+        TrainConfig(
+            kind=model, companion=companion or None, epochs=12, window=16, seed=0, progress=False
+        ),
         ckpt,
         entities=entities,
     )
 
-    names = kit.topics(kind)
+    names = kit.topics(kind.replace("+", "-"))  # "+" is not allowed in a topic name
     report = produce(
         kit.bootstrap,
         names["in"],
@@ -55,7 +61,7 @@ def test_run_with_each_model_kind(kind: str, kit, normal, tmp_path: Path) -> Non
     dead = kit.offsets_of(kit.read(names["dead"]), topic)
     assert scored | dead == kit.all_offsets(report.end_offsets)
     alerts = [Alert.model_validate(a) for a in kit.read(names["alerts"])]
-    assert alerts and {a.model.kind for a in alerts} == {kind}
+    assert alerts and {a.model.kind for a in alerts} == {model}
     assert kit.committed(names["group"], topic) == report.end_offsets
     # The default per-key cooldown (events.alert_cooldown_s): per sensor, published alerts are at
     # least that far apart in Kafka timestamps unless the later one escalates (a score at least
@@ -75,7 +81,7 @@ def test_run_with_each_model_kind(kind: str, kit, normal, tmp_path: Path) -> Non
             assert t1 - t0 >= cooldown_ms or s1 >= escalation * s0, published
     # The default rise gate (events.alert_gate_z, auto): on for the windowed conv model, and every
     # alert it published passed it; off for the VAE, which scores single events.
-    if kind == "conv":
+    if model == "conv":
         assert all(a.rise is not None and a.rise >= DEFAULT_GATE_Z for a in alerts)
     else:
         assert all(a.rise is None for a in alerts)

@@ -25,6 +25,7 @@ HEADLINE = (
     "p50_ms",
     "p99_ms",
     "hst_events_per_s",
+    "hst_forest_events_per_s",
     "rss_start_mb",
     "rss_end_mb",
 )

@@ -82,6 +82,35 @@ def test_train_each_kind_from_csv(kind: str, csv_path: Path, frame, tmp_path: Pa
     assert scorer.train_scores.size > 0
 
 
+def test_train_conv_with_its_companion_from_one_series(
+    frame, csv_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, features, entities = frame
+    path = tmp_path / "one.csv"
+    one = x[entities == entities[0]]
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(features)
+        writer.writerows(one.tolist())
+    out = tmp_path / "pair.safetensors"
+    train(path, out, "--model", "conv+hst", "--window", "8")
+    printed = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["kind"] == "conv+hst"
+    from models.checkpoint import load_detector
+    from models.pair import PairScorer
+
+    pair = load_detector(out)
+    assert isinstance(pair, PairScorer) and pair.window == 8
+    assert np.array_equal(pair.low, one.min(axis=0)) and np.array_equal(pair.high, one.max(axis=0))
+    assert load_checkpoint(out).kind == "conv"  # the autoencoder alone, for embed and the like
+    # with an entity column of several series it is refused, before any training
+    capsys.readouterr()
+    argv = ["train", "--data", str(csv_path), "--out", str(tmp_path / "k.safetensors")]
+    assert main([*argv, "--model", "conv+hst", "--entity-column", "sensor_id"]) == 2
+    assert "one series" in capsys.readouterr().err
+    assert not (tmp_path / "k.safetensors").exists()
+
+
 def test_train_from_jsonl_and_npz_with_chosen_features(frame, tmp_path: Path) -> None:
     x, features, _ = frame
     jsonl = tmp_path / "rows.jsonl"

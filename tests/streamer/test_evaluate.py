@@ -125,6 +125,22 @@ def test_conv_finds_the_generated_anomalies_with_the_expected_quality() -> None:
     assert results["pca"].metrics["range_recall"] >= 0.5
 
 
+def test_conv_with_its_companion_finds_them_too_and_is_the_univariate_default(
+    tmp_path: Path,
+) -> None:
+    series = sine_series()
+    assert evaluate.default_kind(series) == "conv+hst"
+    (result,) = evaluate_series(series, ["conv+hst"], FAST, ThresholdSettings(), events=NO_DEDUP)
+    m = result.metrics
+    assert result.kind == "conv+hst" and result.window == 16
+    assert m["range_recall"] >= 5 / 6 and m["precision"] >= 0.5 and m["f1"] >= 0.4
+    assert m["auprc"] >= 0.3 and m["mean_delay"] <= 3
+    # what the replay scored with: the pair, as `streamer train --model conv+hst` writes it
+    from models.pair import PairScorer
+
+    assert isinstance(fit_detector("conv+hst", series, FAST, tmp_path), PairScorer)
+
+
 def test_the_rise_gate_trades_short_anomalies_for_far_fewer_false_alarms(tmp_path: Path) -> None:
     """What the gate (on for conv by default) does to the generated series: the two level shifts, which
     last, are still found with a fraction of the false alarms; the two one-row spikes and the noise
