@@ -25,8 +25,8 @@ from models.windowed import WindowedScorer, split_holdout, version_of
 __all__ = ["HalfSpaceForest", "HalfSpaceTreesScorer"]
 
 # Bounds on a forest read from a file: scoring walks (height + 1) x rows x trees nodes at once.
-MAX_TREES = 256
-MAX_HEIGHT = 16
+MAX_TREES = 64
+MAX_HEIGHT = 12
 
 
 class HalfSpaceForest:

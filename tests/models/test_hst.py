@@ -91,10 +91,10 @@ def test_the_state_rebuilds_a_forest_that_goes_on_identically() -> None:
         lambda s: s.update(window=np.array([0, 0, 0])),
         lambda s: s.update(feature=-s["feature"] - 1),
         lambda s: s.update(
-            feature=np.zeros((300, 63), np.int64),
-            threshold=np.zeros((300, 63)),
-            l_mass=np.zeros((300, 127), np.int64),
-            r_mass=np.zeros((300, 127), np.int64),
+            feature=np.zeros((100, 63), np.int64),
+            threshold=np.zeros((100, 63)),
+            l_mass=np.zeros((100, 127), np.int64),
+            r_mass=np.zeros((100, 127), np.int64),
         ),
     ],
 )

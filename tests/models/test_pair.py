@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors import safe_open
 from safetensors.numpy import load_file
+from safetensors.torch import save_file
 
 from models import CheckpointError, TrainConfig, load_checkpoint, save_checkpoint, train
-from models.checkpoint import load_detector
+from models.checkpoint import METADATA_KEY, load_detector, tensors_sha256
 from models.hst import HalfSpaceTreesScorer
 from models.pair import RANGE_CLIP, PairScorer, join_train_scores, range_excess
 
@@ -163,3 +167,60 @@ def test_a_companion_goes_with_conv_on_one_series_only(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="one series"):
         train(x, ["v"], config, tmp_path / "p.safetensors", entities=keys)
     assert not (tmp_path / "p.safetensors").exists()
+
+
+def _forged(path: Path, tmp_path: Path, tensors=None, meta=None, drop=()) -> Path:  # type: ignore[no-untyped-def]
+    """The pair's checkpoint with edited tensors or companion metadata, re-hashed, so that only the
+    edit is judged."""
+    with safe_open(str(path), framework="pt") as f:
+        all_tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        doc = json.loads(f.metadata()[METADATA_KEY])
+    all_tensors.update(tensors or {})
+    for key in drop:
+        del all_tensors[key]
+    doc["companion"] = {**doc["companion"], **(meta or {})}
+    doc["tensors_sha256"] = tensors_sha256(all_tensors)
+    out = tmp_path / "forged.safetensors"
+    save_file(all_tensors, str(out), metadata={METADATA_KEY: json.dumps(doc)})
+    return out
+
+
+@pytest.mark.parametrize(
+    ("tensors", "meta", "drop", "match"),
+    [
+        (None, None, (), None),  # the rewrite alone: still loads
+        (
+            {"companion.forest.feature": torch.zeros(10, 255, dtype=torch.float64)},
+            None,
+            (),
+            "int64",
+        ),
+        ({"companion.forest.l_mass": torch.full((10, 511), -1)}, None, (), "does not fit"),
+        ({"companion.low": torch.full((16,), float("nan"), dtype=torch.float64)}, None, (), "fit"),
+        ({"range.low": torch.tensor([5.0], dtype=torch.float64)}, None, (), "training range"),
+        (None, {"kind": "pca"}, (), "kind 'hst'"),
+        (None, {"seed": "0"}, (), "seed must be a number"),
+        (None, None, ("companion.forest.r_mass",), "does not fit"),
+        (
+            {
+                "companion.forest.feature": torch.zeros(100, 255, dtype=torch.int64),
+                "companion.forest.threshold": torch.zeros(100, 255, dtype=torch.float64),
+                "companion.forest.l_mass": torch.zeros(100, 511, dtype=torch.int64),
+                "companion.forest.r_mass": torch.zeros(100, 511, dtype=torch.int64),
+            },
+            None,
+            (),
+            "at most 64",
+        ),
+    ],
+)
+def test_a_forged_companion_is_refused_by_either_loader(  # type: ignore[no-untyped-def]
+    pair_checkpoint: Path, tmp_path: Path, tensors, meta, drop, match
+) -> None:
+    path = _forged(pair_checkpoint, tmp_path, tensors, meta, drop)
+    if match is None:
+        assert isinstance(load_detector(path), PairScorer)
+        return
+    for load in (load_detector, load_checkpoint):
+        with pytest.raises(CheckpointError, match=match):
+            load(path)
