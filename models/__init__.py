@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import load_checkpoint, load_detector, save_checkpoint
 from models.conv import ConvAutoencoder, ConvConfig
 from models.dense import DenseAutoencoder, DenseConfig
 from models.errors import CheckpointError, ModelError
@@ -25,6 +25,7 @@ __all__ = [
     "TrainResult",
     "VAEConfig",
     "load_checkpoint",
+    "load_detector",
     "save_checkpoint",
     "train",
 ]

@@ -10,7 +10,8 @@ detection quality). :class:`PairScorer` scores each window with both and returns
 whose root (the pipeline's scale where novelty weighs scores) is the geometric mean of the two roots,
 each over its median on the held-back training rows (so neither's units outweigh the other's), times
 ``1 + d``: ``d`` is how far the window's values go outside the range of the training rows, in units of
-that range, the largest over the window's rows and features (0 inside it). A value the model never saw
+that range, the largest over the window's rows and features (0 inside it; at most ``RANGE_CLIP``,
+100). A value the model never saw
 is suspect however well the model happens to redraw it; within the range the factor is 1.
 
 ``train_scores`` join the two models' held-back scores by rank (the k-th smallest of each), since
@@ -87,10 +88,9 @@ class PairScorer:
         if companion.features != primary.features or companion.window != primary.window:
             raise ValueError("the companion must see the model's features and window")
         low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
-        if low.shape != (f,) or high.shape != (f,) or not (np.isfinite(low) & (low <= high)).all():
+        ok = np.isfinite(low) & np.isfinite(high) & (low <= high)
+        if low.shape != (f,) or high.shape != (f,) or not ok.all():
             raise ValueError(f"the training range must be ({f},) finite pairs low <= high")
-        if not np.isfinite(high).all():
-            raise ValueError("the training range must be finite")
         self.primary, self.companion = primary, companion
         self.low, self.high = low, high
         self.kind = primary.kind
