@@ -98,16 +98,23 @@ class TrainConfig:
             raise ValueError(f"max_train_scores must be >= 1, got {self.max_train_scores}")
 
 
+def split_kind(name: str) -> tuple[str, str | None]:
+    """A model name as the commands take it -> (TrainConfig.kind, TrainConfig.companion):
+    "conv" -> ("conv", None), "conv+hst" -> ("conv", "hst")."""
+    kind, _, companion = name.partition("+")
+    return kind, companion or None
+
+
 @dataclass(frozen=True)
 class TrainResult:
     path: Path
     history: list[dict[str, float]]  # one {"epoch", "train_loss", "val_loss"} per epoch run
     best_epoch: int  # 1-based epoch whose weights were kept
     scorer: Scorer  # loaded back from `path`: the autoencoder
+    detector: Scorer | PairScorer  # what run scores with: the scorer, or the pair with a companion
     # conv: entities with fewer rows than the window, left out of training (and their rows)
     short_entities: int = 0
     short_rows: int = 0
-    detector: Scorer | PairScorer | None = None  # what run scores with: the pair, with a companion
 
 
 def _round8(n: int) -> int:
@@ -422,7 +429,7 @@ def train(
         history,
         best_epoch,
         detector.primary if isinstance(detector, PairScorer) else detector,
+        detector,
         split.short_entities,
         split.short_rows,
-        detector,
     )

@@ -363,10 +363,12 @@ def fit_detector(kind: str, series: Series, spec: DetectorSpec, workdir: Path) -
     if kind not in AE_KINDS and kind not in PAIR_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known: {list(ALL_KINDS)}")
     from models import TrainConfig, train
+    from models.training import split_kind
 
+    model, companion = split_kind(kind)
     config = TrainConfig(
-        kind=kind.split("+")[0],
-        companion="hst" if kind in PAIR_KINDS else None,
+        kind=model,
+        companion=companion,
         epochs=spec.epochs,
         patience=spec.patience,
         batch_size=spec.batch_size,
@@ -381,9 +383,7 @@ def fit_detector(kind: str, series: Series, spec: DetectorSpec, workdir: Path) -
         device=spec.device,
     )
     out = workdir / f"{kind}.safetensors"
-    result = train(x, list(series.features), config, out, entities=ent)
-    assert result.detector is not None
-    return result.detector
+    return train(x, list(series.features), config, out, entities=ent).detector
 
 
 # ---------------------------------------------------------------------------------------- replay

@@ -132,6 +132,7 @@ def table_from_topic(args: argparse.Namespace) -> tuple[np.ndarray, list[str], n
 
 def train_command(args: argparse.Namespace) -> int:
     from models import TrainConfig, train
+    from models.training import split_kind
     from streamer.data import load_table
 
     if args.from_topic:
@@ -139,10 +140,10 @@ def train_command(args: argparse.Namespace) -> int:
     else:
         table = load_table(args.data, features=args.features, entity_column=args.entity_column)
         x, features, entities = table.X, table.features, table.entities
-    kind, _, companion = args.model.partition("+")
+    kind, companion = split_kind(args.model)
     config = TrainConfig(
         kind=kind,
-        companion=companion or None,
+        companion=companion,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,

@@ -29,6 +29,7 @@ def normal():
 @pytest.mark.parametrize("kind", ["conv", "vae", "conv+hst"])
 def test_run_with_each_model_kind(kind: str, kit, normal, tmp_path: Path) -> None:
     from models import TrainConfig, train
+    from models.training import split_kind
     from streamer.simulate import SimConfig, generate, produce
 
     x, features, entities = normal
@@ -36,13 +37,11 @@ def test_run_with_each_model_kind(kind: str, kit, normal, tmp_path: Path) -> Non
         one = entities == entities[0]
         x, entities = x[one], entities[one]
     ckpt = tmp_path / f"{kind}.safetensors"
-    model, _, companion = kind.partition("+")
+    model, companion = split_kind(kind)
     train(
         x,
         features,
-        TrainConfig(
-            kind=model, companion=companion or None, epochs=12, window=16, seed=0, progress=False
-        ),
+        TrainConfig(kind=model, companion=companion, epochs=12, window=16, seed=0, progress=False),
         ckpt,
         entities=entities,
     )
